@@ -1,0 +1,406 @@
+//! Instruction semantics, split by family as Blink does: integer ALU (`alu.rs`), control flow
+//! and the stack (`flow.rs`), string instructions (`string.rs`), SSE/SSE2 (`sse.rs`), x87
+//! (`x87.rs`) and system instructions (`system.rs`). This module has the operand helpers they
+//! share and the dispatch from an iced-x86 `Instruction` to a family.
+//!
+//! Contract of every handler: it either completes the instruction (registers, memory, flags,
+//! RIP) or returns an [`Ex`] having changed nothing the guest can see, so that a signal handler
+//! sees the faulting instruction as not executed.
+
+mod alu;
+mod flow;
+mod sse;
+mod string;
+mod system;
+mod x87;
+
+use crate::cpu::mask;
+use crate::machine::Machine;
+use crate::mem::Fault;
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+
+/// Why an instruction did not complete normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ex {
+    /// A memory access fault (SIGSEGV).
+    Fault(Fault),
+    /// Divide error (SIGFPE, FPE_INTDIV).
+    DivideError,
+    /// An instruction fx86 does not implement or that is invalid (SIGILL); the text names it.
+    Illegal(String),
+    /// `int3` (SIGTRAP).
+    Breakpoint,
+    /// A privileged instruction or a general-protection fault (SIGSEGV with si_addr 0).
+    GeneralProtection,
+    /// Unaligned SSE access (SIGSEGV, as #GP).
+    Misaligned,
+    /// An SSE floating-point exception that the guest unmasked (SIGFPE).
+    SimdFp(u32),
+    /// An x87 exception that the guest unmasked (SIGFPE).
+    X87Fp,
+    /// The guest asked to stop (exit, or a syscall that ended the run).
+    Stop,
+}
+
+impl From<Fault> for Ex {
+    fn from(f: Fault) -> Ex {
+        Ex::Fault(f)
+    }
+}
+
+pub type R<T> = Result<T, Ex>;
+
+/// GPR number and kind for an iced register (None when not a GPR).
+#[derive(Clone, Copy)]
+pub(crate) enum Gpr {
+    Low8(usize),
+    High8(usize),
+    W16(usize),
+    D32(usize),
+    Q64(usize),
+}
+
+#[inline(always)]
+pub(crate) fn gpr(r: Register) -> Option<Gpr> {
+    let n = r as usize;
+    Some(match n {
+        1..=4 => Gpr::Low8(n - 1),
+        5..=8 => Gpr::High8(n - 5),
+        9..=20 => Gpr::Low8(n - 5),
+        21..=36 => Gpr::W16(n - 21),
+        37..=52 => Gpr::D32(n - 37),
+        53..=68 => Gpr::Q64(n - 53),
+        _ => return None,
+    })
+}
+
+/// Index of an XMM register.
+#[inline(always)]
+pub(crate) fn xmm(r: Register) -> usize {
+    (r as usize).wrapping_sub(Register::XMM0 as usize) & 15
+}
+
+pub(crate) fn sext(v: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        v
+    } else {
+        let s = 64 - bits;
+        (((v << s) as i64) >> s) as u64
+    }
+}
+
+impl Machine {
+    #[inline(always)]
+    pub(crate) fn get_reg(&self, r: Register) -> u64 {
+        match gpr(r) {
+            Some(Gpr::Q64(i)) => self.cpu.gpr[i],
+            Some(Gpr::D32(i)) => self.cpu.gpr[i] & 0xffff_ffff,
+            Some(Gpr::W16(i)) => self.cpu.gpr[i] & 0xffff,
+            Some(Gpr::Low8(i)) => self.cpu.gpr[i] & 0xff,
+            Some(Gpr::High8(i)) => (self.cpu.gpr[i] >> 8) & 0xff,
+            None => match r {
+                Register::CS => 0x33,
+                Register::SS | Register::DS | Register::ES => 0x2b,
+                Register::RIP => self.cpu.rip,
+                _ => 0,
+            },
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_reg(&mut self, r: Register, v: u64) {
+        match gpr(r) {
+            Some(Gpr::Q64(i)) => self.cpu.gpr[i] = v,
+            Some(Gpr::D32(i)) => self.cpu.gpr[i] = v & 0xffff_ffff,
+            Some(Gpr::W16(i)) => self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xffff) | (v & 0xffff),
+            Some(Gpr::Low8(i)) => self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xff) | (v & 0xff),
+            Some(Gpr::High8(i)) => self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xff00) | ((v & 0xff) << 8),
+            None => {}
+        }
+    }
+
+    /// Effective address of the memory operand, without segment base.
+    #[inline(always)]
+    pub(crate) fn ea_offset(&self, i: &Instruction) -> u64 {
+        let mut a = i.memory_displacement64();
+        let base = i.memory_base();
+        if base != Register::None && base != Register::RIP {
+            a = a.wrapping_add(self.get_reg(base));
+        }
+        let idx = i.memory_index();
+        if idx != Register::None {
+            a = a.wrapping_add(self.get_reg(idx).wrapping_mul(i.memory_index_scale() as u64));
+        }
+        if base.is_gpr32() || idx.is_gpr32() || base == Register::EIP {
+            a &= 0xffff_ffff;
+        }
+        a
+    }
+
+    /// Effective linear address of the memory operand (with FS/GS base).
+    #[inline(always)]
+    pub(crate) fn ea(&self, i: &Instruction) -> u64 {
+        let a = self.ea_offset(i);
+        match i.segment_prefix() {
+            Register::FS => a.wrapping_add(self.cpu.fs_base),
+            Register::GS => a.wrapping_add(self.cpu.gs_base),
+            _ => a,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn mread(&mut self, a: u64, bits: u32) -> R<u64> {
+        Ok(match bits {
+            8 => self.mem.read_u8(a)? as u64,
+            16 => self.mem.read_u16(a)? as u64,
+            32 => self.mem.read_u32(a)? as u64,
+            _ => self.mem.read_u64(a)?,
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn mwrite(&mut self, a: u64, bits: u32, v: u64) -> R<()> {
+        match bits {
+            8 => self.mem.write_u8(a, v as u8)?,
+            16 => self.mem.write_u16(a, v as u16)?,
+            32 => self.mem.write_u32(a, v as u32)?,
+            _ => self.mem.write_u64(a, v)?,
+        }
+        Ok(())
+    }
+
+    /// Size in bits of operand `n`.
+    #[inline(always)]
+    pub(crate) fn op_bits(i: &Instruction, n: u32) -> u32 {
+        match i.op_kind(n) {
+            OpKind::Register => i.op_register(n).size() as u32 * 8,
+            OpKind::Memory => i.memory_size().size() as u32 * 8,
+            _ => Self::op_bits(i, 0),
+        }
+    }
+
+    /// Reads operand `n` (register, memory or immediate), zero-extended.
+    #[inline(always)]
+    pub(crate) fn rd(&mut self, i: &Instruction, n: u32, bits: u32) -> R<u64> {
+        match i.op_kind(n) {
+            OpKind::Register => Ok(self.get_reg(i.op_register(n))),
+            OpKind::Memory => {
+                let a = self.ea(i);
+                self.mread(a, bits)
+            }
+            _ => Ok(i.immediate(n) & mask(bits)),
+        }
+    }
+
+    /// Writes operand `n` (register or memory).
+    #[inline(always)]
+    pub(crate) fn wr(&mut self, i: &Instruction, n: u32, bits: u32, v: u64) -> R<()> {
+        match i.op_kind(n) {
+            OpKind::Register => {
+                self.set_reg(i.op_register(n), v);
+                Ok(())
+            }
+            _ => {
+                let a = self.ea(i);
+                self.mwrite(a, bits, v)
+            }
+        }
+    }
+
+    /// Executes one instruction. `budget` (at least 1) bounds how many iterations a `rep`
+    /// string instruction may retire. Returns the number of instructions retired.
+    #[inline]
+    pub(crate) fn exec(&mut self, i: &Instruction, budget: u64) -> R<u64> {
+        let pc = self.cpu.rip;
+        self.cpu.rip = i.next_ip();
+        let r = self.dispatch(i, budget);
+        if r.is_err() {
+            self.cpu.rip = pc;
+        }
+        r
+    }
+
+    fn dispatch(&mut self, i: &Instruction, budget: u64) -> R<u64> {
+        use Mnemonic as M;
+        let m = i.mnemonic();
+        match m {
+            M::Mov
+            | M::Movzx
+            | M::Movsx
+            | M::Movsxd
+            | M::Lea
+            | M::Add
+            | M::Or
+            | M::Adc
+            | M::Sbb
+            | M::And
+            | M::Sub
+            | M::Xor
+            | M::Cmp
+            | M::Test
+            | M::Inc
+            | M::Dec
+            | M::Neg
+            | M::Not
+            | M::Shl
+            | M::Sal
+            | M::Shr
+            | M::Sar
+            | M::Rol
+            | M::Ror
+            | M::Rcl
+            | M::Rcr
+            | M::Shld
+            | M::Shrd
+            | M::Mul
+            | M::Imul
+            | M::Div
+            | M::Idiv
+            | M::Cbw
+            | M::Cwde
+            | M::Cdqe
+            | M::Cwd
+            | M::Cdq
+            | M::Cqo
+            | M::Xchg
+            | M::Xadd
+            | M::Cmpxchg
+            | M::Cmpxchg8b
+            | M::Cmpxchg16b
+            | M::Bswap
+            | M::Bt
+            | M::Bts
+            | M::Btr
+            | M::Btc
+            | M::Bsf
+            | M::Bsr
+            | M::Tzcnt
+            | M::Lzcnt
+            | M::Popcnt
+            | M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg
+            | M::Cmovo
+            | M::Cmovno
+            | M::Cmovb
+            | M::Cmovae
+            | M::Cmove
+            | M::Cmovne
+            | M::Cmovbe
+            | M::Cmova
+            | M::Cmovs
+            | M::Cmovns
+            | M::Cmovp
+            | M::Cmovnp
+            | M::Cmovl
+            | M::Cmovge
+            | M::Cmovle
+            | M::Cmovg
+            | M::Lahf
+            | M::Sahf
+            | M::Clc
+            | M::Stc
+            | M::Cmc
+            | M::Cld
+            | M::Std
+            | M::Xlatb => self.exec_alu(i).map(|_| 1),
+            M::Movsb | M::Movsw | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
+            | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd
+            | M::Scasq => self.exec_string(i, budget),
+            M::Movsd if i.op0_kind() == OpKind::MemoryESRDI => self.exec_string(i, budget),
+            M::Cmpsd if i.op0_kind() == OpKind::MemorySegRSI || i.op0_kind() == OpKind::MemorySegESI => {
+                self.exec_string(i, budget)
+            }
+            M::Jmp
+            | M::Call
+            | M::Ret
+            | M::Jo
+            | M::Jno
+            | M::Jb
+            | M::Jae
+            | M::Je
+            | M::Jne
+            | M::Jbe
+            | M::Ja
+            | M::Js
+            | M::Jns
+            | M::Jp
+            | M::Jnp
+            | M::Jl
+            | M::Jge
+            | M::Jle
+            | M::Jg
+            | M::Jrcxz
+            | M::Jecxz
+            | M::Loop
+            | M::Loope
+            | M::Loopne
+            | M::Push
+            | M::Pop
+            | M::Pushfq
+            | M::Popfq
+            | M::Pushf
+            | M::Popf
+            | M::Leave
+            | M::Enter => self.exec_flow(i).map(|_| 1),
+            M::Nop | M::Endbr64 | M::Endbr32 | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta
+            | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush => Ok(1),
+            M::Syscall
+            | M::Cpuid
+            | M::Rdtsc
+            | M::Int3
+            | M::Int
+            | M::Ud2
+            | M::Ud0
+            | M::Ud1
+            | M::Hlt
+            | M::Fxsave
+            | M::Fxsave64
+            | M::Fxrstor
+            | M::Fxrstor64
+            | M::Xsave
+            | M::Xsave64
+            | M::Xrstor
+            | M::Xrstor64
+            | M::Xsavec
+            | M::Xsavec64
+            | M::Ldmxcsr
+            | M::Stmxcsr
+            | M::Xgetbv => self.exec_system(i).map(|_| 1),
+            _ => {
+                if let Some(r) = self.exec_sse(i) {
+                    return r.map(|_| 1);
+                }
+                if let Some(r) = self.exec_x87(i) {
+                    return r.map(|_| 1);
+                }
+                Err(self.illegal(i))
+            }
+        }
+    }
+
+    /// The SIGILL for an instruction fx86 does not implement, naming it.
+    pub(crate) fn illegal(&self, i: &Instruction) -> Ex {
+        use iced_x86::Formatter;
+        if i.code() == iced_x86::Code::INVALID {
+            return Ex::Illegal("invalid instruction".into());
+        }
+        let mut f = iced_x86::IntelFormatter::new();
+        let mut s = String::new();
+        f.format(i, &mut s);
+        Ex::Illegal(format!("instruction `{s}` is not implemented by fx86"))
+    }
+}

@@ -1,0 +1,129 @@
+//! What the engine needs from outside the guest, supplied by the front end: the guest's stdin,
+//! where its stdout/stderr go, fx86's own diagnostics, and a read-only view of the host file
+//! system to import files from. Recordings and replays supply their own `Host`. The engine
+//! never does terminal or network I/O itself.
+
+use fx86_snapshots::FileKind;
+
+/// Metadata of a host file system object (lstat semantics).
+#[derive(Clone, Debug)]
+pub struct HostStat {
+    pub kind: FileKind,
+    pub mode: u32,
+    pub size: u64,
+}
+
+/// The outside world as the engine sees it.
+pub trait Host: Send {
+    /// Up to `max` bytes of the guest's stdin; empty at end of input.
+    fn read_stdin(&mut self, max: usize) -> Vec<u8>;
+    /// Guest output on fd 1 or 2.
+    fn write_output(&mut self, fd: i32, data: &[u8]);
+    /// One line of fx86's own diagnostics (unknown syscalls, unimplemented instructions).
+    fn diagnostic(&mut self, msg: &str);
+    /// lstat of a host path.
+    fn lstat(&mut self, path: &str) -> Option<HostStat>;
+    /// Whole contents of a host file.
+    fn read_file(&mut self, path: &str) -> Option<Vec<u8>>;
+    /// Target of a host symlink.
+    fn read_link(&mut self, path: &str) -> Option<Vec<u8>>;
+    /// Names and kinds in a host directory.
+    fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>>;
+}
+
+/// The host as it is: real stdin/stdout/stderr and the real (read-only) file system.
+#[derive(Default)]
+pub struct StdHost {
+    /// Collect guest output here instead of printing it (tests and the demo).
+    pub capture: Option<Vec<u8>>,
+    /// Diagnostics collected instead of printed, when capturing.
+    pub diagnostics: Vec<String>,
+    /// Stdin bytes to feed instead of the real stdin (tests).
+    pub stdin: Option<std::collections::VecDeque<u8>>,
+}
+
+impl Host for StdHost {
+    fn read_stdin(&mut self, max: usize) -> Vec<u8> {
+        if let Some(q) = &mut self.stdin {
+            let n = max.min(q.len());
+            return q.drain(..n).collect();
+        }
+        use std::io::Read;
+        let mut buf = vec![0u8; max.min(1 << 20)];
+        match std::io::stdin().lock().read(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                buf
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn write_output(&mut self, fd: i32, data: &[u8]) {
+        use std::io::Write;
+        if let Some(c) = &mut self.capture {
+            c.extend_from_slice(data);
+            return;
+        }
+        if fd == 2 {
+            let _ = std::io::stderr().write_all(data);
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(data);
+            let _ = o.flush();
+        }
+    }
+
+    fn diagnostic(&mut self, msg: &str) {
+        if self.capture.is_some() {
+            self.diagnostics.push(msg.to_string());
+        } else {
+            eprintln!("fx86: {msg}");
+        }
+    }
+
+    fn lstat(&mut self, path: &str) -> Option<HostStat> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let md = std::fs::symlink_metadata(path).ok()?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            FileKind::Dir
+        } else if ft.is_symlink() {
+            FileKind::Symlink
+        } else if ft.is_file() {
+            FileKind::File
+        } else if ft.is_char_device() {
+            FileKind::CharDev
+        } else {
+            return None;
+        };
+        Some(HostStat { kind, mode: md.permissions().mode() & 0o7777, size: md.len() })
+    }
+
+    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
+    }
+
+    fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::read_link(path).ok().map(|p| p.as_os_str().as_bytes().to_vec())
+    }
+
+    fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(path).ok()? {
+            let e = e.ok()?;
+            let ft = e.file_type().ok()?;
+            let kind = if ft.is_dir() {
+                FileKind::Dir
+            } else if ft.is_symlink() {
+                FileKind::Symlink
+            } else {
+                FileKind::File
+            };
+            v.push((e.file_name().to_string_lossy().into_owned(), kind));
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(v)
+    }
+}

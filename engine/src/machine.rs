@@ -1,0 +1,247 @@
+//! `Machine`: one guest — registers, memory, kernel-side state and data tree — plus the decoded
+//! block cache and the run loop that retires instructions and counts them exactly.
+
+use crate::cpu::{Cpu, RSP};
+use crate::elf::{self, LoadError};
+use crate::exec::Ex;
+use crate::host::Host;
+use crate::linux::Kernel;
+use crate::mem::Memory;
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How a guest is started.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// argv, argv[0] included.
+    pub args: Vec<Vec<u8>>,
+    /// The environment, as `NAME=value` strings.
+    pub env: Vec<Vec<u8>>,
+    /// Absolute host path of the executable (what /proc/self/exe names).
+    pub exe: String,
+    /// Working directory the guest starts in.
+    pub cwd: String,
+    /// Seed for everything "random" the guest sees (AT_RANDOM, getrandom, /dev/urandom).
+    pub seed: u64,
+    /// Whether the guest's stdin/stdout/stderr claim to be a terminal.
+    pub tty: bool,
+}
+
+/// Why `run` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest called exit/exit_group.
+    Exited(i32),
+    /// A signal's default action ended the guest. `msg` says what happened, for the user.
+    Signaled { sig: i32, msg: String },
+    /// The instruction budget given to `run` is used up.
+    Limit,
+}
+
+impl StopReason {
+    /// Exit status as a shell reports it (128+signal for a fatal signal).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            StopReason::Exited(c) => *c & 0xff,
+            StopReason::Signaled { sig, .. } => 128 + sig,
+            StopReason::Limit => 124,
+        }
+    }
+}
+
+type Block = Arc<[Instruction]>;
+
+/// Decoded basic blocks by start address, with the pages each block came from.
+#[derive(Default)]
+struct BlockCache {
+    blocks: HashMap<u64, Block>,
+    by_page: HashMap<u64, Vec<u64>>,
+}
+
+impl BlockCache {
+    fn invalidate_page(&mut self, pn: u64) {
+        if let Some(starts) = self.by_page.remove(&pn) {
+            for s in starts {
+                self.blocks.remove(&s);
+            }
+        }
+    }
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.by_page.clear();
+    }
+}
+
+const MAX_BLOCK: usize = 64;
+
+/// One guest.
+pub struct Machine {
+    pub cpu: Cpu,
+    pub mem: Memory,
+    pub kernel: Kernel,
+    /// Instructions retired since the first one.
+    pub icount: u64,
+    pub host: Box<dyn Host>,
+    blocks: BlockCache,
+    /// Set once the guest has ended; `run` then returns it again.
+    pub ended: Option<StopReason>,
+    /// Mappings changed in a way that may invalidate decoded code.
+    pub(crate) flush_blocks: bool,
+}
+
+impl Machine {
+    /// Loads `program` (the bytes of an ELF executable) and builds the initial process.
+    pub fn new(program: &[u8], config: Config, host: Box<dyn Host>) -> Result<Machine, LoadError> {
+        let mut mem = Memory::default();
+        let name = config.exe.clone();
+        let loaded = elf::load(program, &mut mem, &name)?;
+        let mut random = [0u8; 16];
+        let mut h = blake3::Hasher::new();
+        h.update(b"fx86 AT_RANDOM");
+        h.update(&config.seed.to_le_bytes());
+        random.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        let execfn = config.args.first().cloned().unwrap_or_else(|| config.exe.as_bytes().to_vec());
+        let (sp, auxv) =
+            elf::build_stack(&mut mem, &loaded, &config.args, &config.env, &execfn, random, crate::cpuid::hwcap());
+        let mut cpu = Cpu::default();
+        cpu.rip = loaded.entry;
+        cpu.gpr[RSP] = sp;
+        let kernel = Kernel::new(&config, loaded.brk, auxv);
+        Ok(Machine {
+            cpu,
+            mem,
+            kernel,
+            icount: 0,
+            host,
+            blocks: BlockCache::default(),
+            ended: None,
+            flush_blocks: false,
+        })
+    }
+
+    fn decode_block(&mut self, rip: u64) -> Result<Block, Ex> {
+        let mut bytes = [0u8; 4096 + 16];
+        let page_left = 4096 - (rip & 0xfff) as usize;
+        let want = page_left + 15;
+        let n = self.mem.fetch(rip, &mut bytes[..want]).map_err(Ex::Fault)?;
+        let mut dec = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
+        let mut out = Vec::with_capacity(16);
+        let mut ins = Instruction::default();
+        while dec.can_decode() && out.len() < MAX_BLOCK {
+            let pos = dec.position();
+            if pos >= page_left && !out.is_empty() {
+                break;
+            }
+            dec.decode_out(&mut ins);
+            if ins.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
+                // The instruction runs into a page we may not execute.
+                if out.is_empty() {
+                    return Err(Ex::Fault(crate::mem::Fault { addr: rip + n as u64, write: false, protection: false }));
+                }
+                break;
+            }
+            out.push(ins);
+            if ins.is_invalid() || ins.flow_control() != FlowControl::Next {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Err(Ex::Fault(crate::mem::Fault { addr: rip, write: false, protection: false }));
+        }
+        let last = out.last().map(|i| i.next_ip() - 1).unwrap_or(rip);
+        let block: Block = out.into();
+        for pn in (rip >> 12)..=(last >> 12) {
+            self.mem.mark_code(pn);
+            self.blocks.by_page.entry(pn).or_default().push(rip);
+        }
+        self.blocks.blocks.insert(rip, block.clone());
+        Ok(block)
+    }
+
+    fn sync_code(&mut self) {
+        if self.flush_blocks {
+            self.blocks.clear();
+            self.flush_blocks = false;
+            self.mem.dirty_code.clear();
+        }
+        while let Some(pn) = self.mem.dirty_code.pop() {
+            self.blocks.invalidate_page(pn);
+        }
+    }
+
+    /// Runs until the guest ends or `icount` reaches `limit`.
+    pub fn run(&mut self, limit: u64) -> StopReason {
+        if let Some(s) = &self.ended {
+            return s.clone();
+        }
+        loop {
+            if self.icount >= limit {
+                return StopReason::Limit;
+            }
+            let rip = self.cpu.rip;
+            let block = match self.blocks.blocks.get(&rip) {
+                Some(b) => b.clone(),
+                None => match self.decode_block(rip) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if let Some(stop) = self.raise(e) {
+                            return stop;
+                        }
+                        continue;
+                    }
+                },
+            };
+            for ins in block.iter() {
+                let budget = limit - self.icount;
+                if budget == 0 {
+                    return StopReason::Limit;
+                }
+                match self.exec(ins, budget) {
+                    Ok(n) => self.icount += n,
+                    Err(e) => {
+                        if let Some(stop) = self.raise(e) {
+                            return stop;
+                        }
+                        break;
+                    }
+                }
+                if !self.mem.dirty_code.is_empty() || self.flush_blocks {
+                    self.sync_code();
+                    break;
+                }
+                if self.cpu.rip != ins.next_ip() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Handles an exception: a syscall that ended the guest, or a signal.
+    fn raise(&mut self, e: Ex) -> Option<StopReason> {
+        if e == Ex::Stop {
+            return self.ended.clone();
+        }
+        let stop = self.deliver_exception(e);
+        if let Some(s) = &stop {
+            self.ended = Some(s.clone());
+        }
+        stop
+    }
+
+    /// The time stamp counter: the virtual clock in cycles.
+    pub fn tsc(&self) -> u64 {
+        self.icount
+    }
+
+    /// blake3 over registers, memory, kernel state and the data tree.
+    pub fn state_hash(&mut self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"fx86 state v1");
+        h.update(&self.icount.to_le_bytes());
+        self.cpu.hash_into(&mut h);
+        self.mem.hash_into(&mut h);
+        self.kernel.hash_into(&mut h);
+        h.finalize()
+    }
+}

@@ -1,0 +1,297 @@
+//! Guest memory as a persistent radix tree of 4 KiB pages.
+//!
+//! Four levels of 512 entries cover 36 bits of page number (a 48-bit address space), as the
+//! x86-64 page tables do. Absent pages read as zero. Every node is behind an `Arc`, so `clone()`
+//! shares everything and a write copies only the page and the path to it.
+
+use std::sync::{Arc, OnceLock};
+
+/// Size of a guest page in bytes.
+pub const PAGE_SIZE: usize = 4096;
+const FANOUT: usize = 512;
+const LEVELS: u32 = 4;
+
+/// One 4 KiB page with a cached content hash.
+pub struct Page {
+    data: [u8; PAGE_SIZE],
+    hash: OnceLock<[u8; 32]>,
+}
+
+impl Clone for Page {
+    fn clone(&self) -> Self {
+        // The copy is about to be written, so its hash is not carried over.
+        Page { data: self.data, hash: OnceLock::new() }
+    }
+}
+
+impl Page {
+    fn zeroed() -> Self {
+        Page { data: [0; PAGE_SIZE], hash: OnceLock::new() }
+    }
+    /// The page's bytes.
+    pub fn data(&self) -> &[u8; PAGE_SIZE] {
+        &self.data
+    }
+    /// Mutable bytes; forgets the cached hash.
+    pub fn data_mut(&mut self) -> &mut [u8; PAGE_SIZE] {
+        self.hash = OnceLock::new();
+        &mut self.data
+    }
+    /// blake3 of the page's bytes, computed once per version of the page.
+    pub fn hash(&self) -> [u8; 32] {
+        *self.hash.get_or_init(|| *blake3::hash(&self.data).as_bytes())
+    }
+}
+
+#[derive(Clone)]
+enum Node {
+    Inner(Box<[Option<Arc<Node>>]>),
+    Leaf(Box<[Option<Arc<Page>>]>),
+}
+
+impl Node {
+    fn new(level: u32) -> Node {
+        if level == 0 {
+            Node::Leaf(vec![None; FANOUT].into_boxed_slice())
+        } else {
+            Node::Inner(vec![None; FANOUT].into_boxed_slice())
+        }
+    }
+}
+
+fn index(pn: u64, level: u32) -> usize {
+    ((pn >> (9 * level)) & (FANOUT as u64 - 1)) as usize
+}
+
+/// A persistent map from page number to page.
+#[derive(Clone)]
+pub struct PageTree {
+    root: Arc<Node>,
+}
+
+impl Default for PageTree {
+    fn default() -> Self {
+        PageTree { root: Arc::new(Node::new(LEVELS - 1)) }
+    }
+}
+
+impl PageTree {
+    /// An empty tree (every page reads as zero).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The page at `pn`, if it was ever written.
+    pub fn get(&self, pn: u64) -> Option<&Arc<Page>> {
+        let mut node = &self.root;
+        let mut level = LEVELS - 1;
+        loop {
+            match &**node {
+                Node::Inner(kids) => {
+                    node = kids[index(pn, level)].as_ref()?;
+                    level -= 1;
+                }
+                Node::Leaf(pages) => return pages[index(pn, 0)].as_ref(),
+            }
+        }
+    }
+
+    /// The page at `pn`, made unique to this tree (copied if shared, created zeroed if absent).
+    /// The returned page's cached hash is cleared because the caller is about to write it.
+    pub fn get_mut(&mut self, pn: u64) -> &mut Page {
+        let mut node = Arc::make_mut(&mut self.root);
+        let mut level = LEVELS - 1;
+        loop {
+            match node {
+                Node::Inner(kids) => {
+                    let slot = &mut kids[index(pn, level)];
+                    let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
+                    node = Arc::make_mut(child);
+                    level -= 1;
+                }
+                Node::Leaf(pages) => {
+                    let slot = &mut pages[index(pn, 0)];
+                    let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
+                    page.hash = OnceLock::new();
+                    return page;
+                }
+            }
+        }
+    }
+
+    /// Drops every page with number in `lo..hi`, so they read as zero again.
+    pub fn remove_range(&mut self, lo: u64, hi: u64) {
+        fn walk(node: &mut Arc<Node>, level: u32, base: u64, lo: u64, hi: u64) {
+            let span = 1u64 << (9 * level);
+            let n = Arc::make_mut(node);
+            match n {
+                Node::Inner(kids) => {
+                    for (i, kid) in kids.iter_mut().enumerate() {
+                        let start = base + i as u64 * span;
+                        let end = start + span;
+                        if end <= lo || start >= hi || kid.is_none() {
+                            continue;
+                        }
+                        if lo <= start && end <= hi {
+                            *kid = None;
+                        } else if let Some(k) = kid {
+                            walk(k, level - 1, start, lo, hi);
+                        }
+                    }
+                }
+                Node::Leaf(pages) => {
+                    for (i, p) in pages.iter_mut().enumerate() {
+                        let pn = base + i as u64;
+                        if pn >= lo && pn < hi {
+                            *p = None;
+                        }
+                    }
+                }
+            }
+        }
+        if lo < hi {
+            walk(&mut self.root, LEVELS - 1, 0, lo, hi);
+        }
+    }
+
+    /// Moves the pages `from..from+count` to `to..to+count` (for mremap). Pages are shared,
+    /// not copied.
+    pub fn move_range(&mut self, from: u64, to: u64, count: u64) {
+        let mut moved = Vec::new();
+        self.for_each_in(from, from + count, |pn, p| moved.push((pn - from, p.clone())));
+        self.remove_range(from, from + count);
+        self.remove_range(to, to + count);
+        for (off, p) in moved {
+            self.insert(to + off, p);
+        }
+    }
+
+    /// Puts a shared page at `pn`.
+    pub fn insert(&mut self, pn: u64, page: Arc<Page>) {
+        let mut node = Arc::make_mut(&mut self.root);
+        let mut level = LEVELS - 1;
+        loop {
+            match node {
+                Node::Inner(kids) => {
+                    let slot = &mut kids[index(pn, level)];
+                    let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
+                    node = Arc::make_mut(child);
+                    level -= 1;
+                }
+                Node::Leaf(pages) => {
+                    pages[index(pn, 0)] = Some(page);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Calls `f` for every present page with number in `lo..hi`, in increasing order.
+    pub fn for_each_in(&self, lo: u64, hi: u64, mut f: impl FnMut(u64, &Arc<Page>)) {
+        fn walk(
+            node: &Node,
+            level: u32,
+            base: u64,
+            lo: u64,
+            hi: u64,
+            f: &mut dyn FnMut(u64, &Arc<Page>),
+        ) {
+            let span = 1u64 << (9 * level);
+            match node {
+                Node::Inner(kids) => {
+                    for (i, kid) in kids.iter().enumerate() {
+                        let start = base + i as u64 * span;
+                        if start + span <= lo || start >= hi {
+                            continue;
+                        }
+                        if let Some(k) = kid {
+                            walk(k, level - 1, start, lo, hi, f);
+                        }
+                    }
+                }
+                Node::Leaf(pages) => {
+                    for (i, p) in pages.iter().enumerate() {
+                        let pn = base + i as u64;
+                        if pn >= lo && pn < hi {
+                            if let Some(p) = p {
+                                f(pn, p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        walk(&self.root, LEVELS - 1, 0, lo, hi, &mut f);
+    }
+
+    /// Feeds every present page (number and content hash) into `h`. All-zero pages are skipped
+    /// so that "never written" and "written with zeros" hash alike.
+    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+        let zero = *ZERO_HASH.get_or_init(|| *blake3::hash(&[0u8; PAGE_SIZE]).as_bytes());
+        self.for_each_in(0, u64::MAX, |pn, p| {
+            let ph = p.hash();
+            if ph != zero {
+                h.update(&pn.to_le_bytes());
+                h.update(&ph);
+            }
+        });
+    }
+
+    /// Number of pages present.
+    pub fn page_count(&self) -> usize {
+        let mut n = 0;
+        self.for_each_in(0, u64::MAX, |_, _| n += 1);
+        n
+    }
+}
+
+static ZERO_HASH: OnceLock<[u8; 32]> = OnceLock::new();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_shares_and_write_copies() {
+        let mut a = PageTree::new();
+        a.get_mut(5).data_mut()[0] = 1;
+        let b = a.clone();
+        a.get_mut(5).data_mut()[0] = 2;
+        assert_eq!(b.get(5).unwrap().data()[0], 1);
+        assert_eq!(a.get(5).unwrap().data()[0], 2);
+        assert!(a.get(6).is_none());
+    }
+
+    #[test]
+    fn remove_and_move_ranges() {
+        let mut t = PageTree::new();
+        for pn in [1u64, 511, 512, 513, 1 << 30] {
+            t.get_mut(pn).data_mut()[1] = pn as u8 | 1;
+        }
+        t.remove_range(511, 513);
+        assert!(t.get(511).is_none() && t.get(512).is_none());
+        assert!(t.get(513).is_some() && t.get(1).is_some());
+        t.move_range(513, 1000, 1);
+        assert!(t.get(513).is_none());
+        assert_eq!(t.get(1000).unwrap().data()[1], 513u64 as u8 | 1);
+        assert_eq!(t.page_count(), 3);
+    }
+
+    #[test]
+    fn hash_ignores_zero_pages_and_tracks_writes() {
+        let mut a = PageTree::new();
+        let h0 = {
+            let mut h = blake3::Hasher::new();
+            a.hash_into(&mut h);
+            h.finalize()
+        };
+        a.get_mut(7);
+        let mut h = blake3::Hasher::new();
+        a.hash_into(&mut h);
+        assert_eq!(h.finalize(), h0);
+        a.get_mut(7).data_mut()[3] = 9;
+        let mut h = blake3::Hasher::new();
+        a.hash_into(&mut h);
+        assert_ne!(h.finalize(), h0);
+    }
+}

@@ -1,0 +1,174 @@
+//! fx86: the command line. Parses arguments, wires the engine to the real terminal and file
+//! system, and reports results. Library crates do the work.
+
+mod lockstep;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use fx86_engine::host::StdHost;
+use fx86_engine::{Config, Machine, StopReason};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "fx86", version, about = "A time-travel debugger for x86-64 Linux programs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a program in the deterministic engine.
+    Run {
+        /// Print icount, wall time, speed, state hash and exit code as the last stderr line.
+        #[arg(long)]
+        stats: bool,
+        /// Stop the guest after this many instructions (exit status 124).
+        #[arg(long, value_name = "N")]
+        max_insns: Option<u64>,
+        /// Seed for the guest's randomness (AT_RANDOM, getrandom, /dev/urandom).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        prog: Vec<String>,
+    },
+    /// Run a static program natively (ptrace single-step) and in the engine side by side,
+    /// comparing registers after every instruction.
+    Lockstep {
+        /// Stop after this many instructions.
+        #[arg(long, value_name = "N")]
+        max_insns: Option<u64>,
+        /// Print a line every N instructions compared.
+        #[arg(long, value_name = "N")]
+        progress: Option<u64>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        prog: Vec<String>,
+    },
+    /// Run a demo guest with a bug and show what happened.
+    Demo,
+}
+
+/// Finds `prog` as a shell does: a name with a slash is a path, otherwise search PATH.
+pub fn find_program(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return p.exists().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+/// Loads a program for the engine, or says why not with the status a shell would use.
+pub fn load_guest(prog: &[String], seed: u64, host: StdHost) -> std::result::Result<Machine, (i32, String)> {
+    let name = &prog[0];
+    let Some(path) = find_program(name) else {
+        return Err((127, format!("{name}: command not found")));
+    };
+    let bytes = std::fs::read(&path).map_err(|e| (126, format!("{}: {e}", path.display())))?;
+    let abs = std::fs::canonicalize(&path).unwrap_or(path.clone());
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    use std::os::unix::ffi::OsStrExt;
+    let config = Config {
+        args: prog.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: std::env::vars_os()
+            .map(|(k, v)| {
+                let mut e = k.as_bytes().to_vec();
+                e.push(b'=');
+                e.extend_from_slice(v.as_bytes());
+                e
+            })
+            .collect(),
+        exe: abs.to_string_lossy().into_owned(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        seed,
+        // SAFETY: isatty only inspects the descriptor.
+        tty: unsafe { libc::isatty(1) } == 1,
+    };
+    Machine::new(&bytes, config, Box::new(host)).map_err(|e| (126, format!("{}: {e}", path.display())))
+}
+
+fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
+    let mut m = match load_guest(prog, seed, StdHost::default()) {
+        Ok(m) => m,
+        Err((code, msg)) => {
+            eprintln!("fx86: {msg}");
+            return code;
+        }
+    };
+    let start = Instant::now();
+    let stop = m.run(max_insns.unwrap_or(u64::MAX));
+    let wall = start.elapsed().as_secs_f64();
+    let code = report(&stop, m.icount);
+    if stats {
+        let mips = m.icount as f64 / wall.max(1e-9) / 1e6;
+        let hash = m.state_hash();
+        eprintln!("fx86: icount={} wall={:.3} mips={:.1} state={} exit={}", m.icount, wall, mips, hash.to_hex(), code);
+    }
+    code
+}
+
+/// Prints why the guest stopped (for signals and limits) and returns the exit status.
+fn report(stop: &StopReason, icount: u64) -> i32 {
+    match stop {
+        StopReason::Exited(_) => {}
+        StopReason::Signaled { msg, .. } => eprintln!("fx86: guest terminated: {msg} (icount {icount})"),
+        StopReason::Limit => eprintln!("fx86: stopped after {icount} instructions (--max-insns)"),
+    }
+    stop.exit_status()
+}
+
+fn demo() -> i32 {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests");
+    let bin = std::env::temp_dir().join("fx86-demo-overflow");
+    let src = dir.join("overflow.c");
+    let ok = std::process::Command::new("gcc")
+        .args(["-static", "-O1", "-g", "-fno-stack-protector", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("fx86: could not build the demo guest {} with gcc", src.display());
+        return 1;
+    }
+    println!("fx86 demo: running {} in the deterministic engine\n", src.display());
+    let prog = vec![bin.to_string_lossy().into_owned(), "7".into()];
+    let mut m = match load_guest(&prog, 0, StdHost::default()) {
+        Ok(m) => m,
+        Err((c, msg)) => {
+            eprintln!("fx86: {msg}");
+            return c;
+        }
+    };
+    let stop = m.run(u64::MAX);
+    let icount = m.icount;
+    let hash = m.state_hash();
+    println!();
+    match &stop {
+        StopReason::Signaled { msg, .. } => println!("The guest crashed: {msg}"),
+        other => println!("The guest ended: {other:?}"),
+    }
+    println!("It ran exactly {icount} instructions; final state hash {}.", hash.to_hex());
+    let mut again = match load_guest(&prog, 0, StdHost { capture: Some(Vec::new()), ..Default::default() }) {
+        Ok(m) => m,
+        Err((c, _)) => return c,
+    };
+    let stop2 = again.run(u64::MAX);
+    let same = stop2 == stop && again.icount == icount && again.state_hash() == hash;
+    println!("A second run reproduces it bit for bit: {}", if same { "yes" } else { "NO" });
+    println!("(The time-travel TUI will open here once it lands; see the README.)");
+    0
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Run { stats, max_insns, seed, prog } => run(stats, max_insns, seed, &prog),
+        Cmd::Lockstep { max_insns, progress, prog } => lockstep::main(&prog, max_insns, progress),
+        Cmd::Demo => demo(),
+    };
+    std::process::exit(code);
+}
