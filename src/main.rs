@@ -98,6 +98,23 @@ fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
         }
     };
     let start = Instant::now();
+    if let Some((from, n)) = trace_window() {
+        // Debugging aid: FX86_TRACE=FROM:N prints N instructions from icount FROM.
+        let stop = m.run(from);
+        if stop == StopReason::Limit {
+            for _ in 0..n {
+                let rip = m.cpu.rip;
+                let mut bytes = [0u8; 16];
+                let _ = m.mem.fetch(rip, &mut bytes);
+                let mut d = iced_x86::Decoder::with_ip(64, &bytes, rip, 0);
+                let ins = d.decode();
+                eprintln!("[{}] {rip:#x} {ins} rax={:#x} rcx={:#x} rsi={:#x} rdi={:#x}", m.icount, m.cpu.gpr[0], m.cpu.gpr[1], m.cpu.gpr[6], m.cpu.gpr[7]);
+                if m.run(m.icount + 1) != StopReason::Limit {
+                    break;
+                }
+            }
+        }
+    }
     let stop = m.run(max_insns.unwrap_or(u64::MAX));
     let wall = start.elapsed().as_secs_f64();
     let code = report(&stop, m.icount);
@@ -107,6 +124,12 @@ fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
         eprintln!("fx86: icount={} wall={:.3} mips={:.1} state={} exit={}", m.icount, wall, mips, hash.to_hex(), code);
     }
     code
+}
+
+fn trace_window() -> Option<(u64, u64)> {
+    let v = std::env::var("FX86_TRACE").ok()?;
+    let (a, b) = v.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// Prints why the guest stopped (for signals and limits) and returns the exit status.

@@ -120,6 +120,31 @@ impl Machine {
         })
     }
 
+    /// A guest with `code` mapped at 0x400000 (read+exec), a 1 MiB stack and a scratch page
+    /// at 0x600000: for instruction tests and the random-instruction tester.
+    pub fn bare(code: &[u8], host: Box<dyn Host>) -> Machine {
+        use crate::mem::{PROT_EXEC, PROT_READ, PROT_WRITE};
+        let mut mem = Memory::default();
+        let len = (code.len() as u64 + 0xfff) & !0xfff;
+        mem.map(0x400000, 0x400000 + len.max(0x1000), PROT_READ | PROT_EXEC, "code");
+        mem.poke(0x400000, code);
+        mem.map(0x600000, 0x610000, PROT_READ | PROT_WRITE, "data");
+        mem.map(0x7ff0_0000, 0x8000_0000, PROT_READ | PROT_WRITE, "[stack]");
+        let mut cpu = Cpu::default();
+        cpu.rip = 0x400000;
+        cpu.gpr[RSP] = 0x8000_0000 - 0x100;
+        Machine {
+            cpu,
+            mem,
+            kernel: Kernel::new(&Config::default(), 0x1000_0000, Vec::new()),
+            icount: 0,
+            host,
+            blocks: BlockCache::default(),
+            ended: None,
+            flush_blocks: false,
+        }
+    }
+
     fn decode_block(&mut self, rip: u64) -> Result<Block, Ex> {
         let mut bytes = [0u8; 4096 + 16];
         let page_left = 4096 - (rip & 0xfff) as usize;

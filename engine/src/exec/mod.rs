@@ -175,7 +175,10 @@ impl Machine {
         match i.op_kind(n) {
             OpKind::Register => i.op_register(n).size() as u32 * 8,
             OpKind::Memory => i.memory_size().size() as u32 * 8,
-            _ => Self::op_bits(i, 0),
+            OpKind::Immediate8 => 8,
+            OpKind::Immediate16 | OpKind::Immediate8to16 => 16,
+            OpKind::Immediate32 | OpKind::Immediate8to32 => 32,
+            _ => 64,
         }
     }
 
@@ -356,6 +359,8 @@ impl Machine {
             | M::Popf
             | M::Leave
             | M::Enter => self.exec_flow(i).map(|_| 1),
+            // CET instructions live in the hint-NOP space: without CET (fx86 has none) they do nothing.
+            M::Rdsspd | M::Rdsspq | M::Incsspd | M::Incsspq => Ok(1),
             M::Nop | M::Endbr64 | M::Endbr32 | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta
             | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush => Ok(1),
             M::Syscall
