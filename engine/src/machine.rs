@@ -3,7 +3,7 @@
 
 use crate::cpu::{Cpu, RSP};
 use crate::elf::{self, LoadError};
-use crate::exec::Ex;
+use crate::exec::{Ex, Op};
 use crate::host::Host;
 use crate::linux::Kernel;
 use crate::mem::Memory;
@@ -50,26 +50,72 @@ impl StopReason {
     }
 }
 
-type Block = Arc<[Instruction]>;
+type Block = Arc<[Op]>;
 
-/// Decoded basic blocks by start address, with the pages each block came from.
+/// Hashes a guest address (keys are already well spread; no DoS concern here).
 #[derive(Default)]
+struct AddrHasher(u64);
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+type AddrMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<AddrHasher>>;
+
+const FAST_SLOTS: usize = 4096;
+
+/// Decoded basic blocks by start address, with the pages each block came from, and a
+/// direct-mapped front cache for the hot ones.
 struct BlockCache {
-    blocks: HashMap<u64, Block>,
-    by_page: HashMap<u64, Vec<u64>>,
+    fast: Vec<(u64, Option<Block>)>,
+    blocks: AddrMap<Block>,
+    by_page: AddrMap<Vec<u64>>,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        BlockCache { fast: vec![(u64::MAX, None); FAST_SLOTS], blocks: AddrMap::default(), by_page: AddrMap::default() }
+    }
 }
 
 impl BlockCache {
+    #[inline(always)]
+    fn slot(rip: u64) -> usize {
+        ((rip ^ (rip >> 12)) as usize) & (FAST_SLOTS - 1)
+    }
+    #[inline(always)]
+    fn get(&mut self, rip: u64) -> Option<Block> {
+        let s = Self::slot(rip);
+        if self.fast[s].0 == rip {
+            return self.fast[s].1.clone();
+        }
+        let b = self.blocks.get(&rip)?.clone();
+        self.fast[s] = (rip, Some(b.clone()));
+        Some(b)
+    }
     fn invalidate_page(&mut self, pn: u64) {
         if let Some(starts) = self.by_page.remove(&pn) {
             for s in starts {
                 self.blocks.remove(&s);
+                let f = Self::slot(s);
+                if self.fast[f].0 == s {
+                    self.fast[f] = (u64::MAX, None);
+                }
             }
         }
     }
     fn clear(&mut self) {
         self.blocks.clear();
         self.by_page.clear();
+        self.fast.iter_mut().for_each(|e| *e = (u64::MAX, None));
     }
 }
 
@@ -145,6 +191,20 @@ impl Machine {
         }
     }
 
+    /// Replaces all of memory with `maps` (start, end, prot, name, contents): the lockstep
+    /// tester mirrors a native process this way after each syscall.
+    pub fn replace_memory(&mut self, maps: Vec<(u64, u64, u8, String, Vec<u8>)>) {
+        let mut mem = Memory::default();
+        for (s, e, prot, name, bytes) in maps {
+            mem.map(s, e, prot, &name);
+            if !bytes.is_empty() {
+                mem.poke(s, &bytes);
+            }
+        }
+        self.mem = mem;
+        self.blocks.clear();
+    }
+
     fn decode_block(&mut self, rip: u64) -> Result<Block, Ex> {
         let mut bytes = [0u8; 4096 + 16];
         let page_left = 4096 - (rip & 0xfff) as usize;
@@ -166,7 +226,7 @@ impl Machine {
                 }
                 break;
             }
-            out.push(ins);
+            out.push(Op::new(ins));
             if ins.is_invalid() || ins.flow_control() != FlowControl::Next {
                 break;
             }
@@ -174,7 +234,7 @@ impl Machine {
         if out.is_empty() {
             return Err(Ex::Fault(crate::mem::Fault { addr: rip, write: false, protection: false }));
         }
-        let last = out.last().map(|i| i.next_ip() - 1).unwrap_or(rip);
+        let last = out.last().map(|o| o.ins.next_ip() - 1).unwrap_or(rip);
         let block: Block = out.into();
         for pn in (rip >> 12)..=(last >> 12) {
             self.mem.mark_code(pn);
@@ -205,8 +265,8 @@ impl Machine {
                 return StopReason::Limit;
             }
             let rip = self.cpu.rip;
-            let block = match self.blocks.blocks.get(&rip) {
-                Some(b) => b.clone(),
+            let block = match self.blocks.get(rip) {
+                Some(b) => b,
                 None => match self.decode_block(rip) {
                     Ok(b) => b,
                     Err(e) => {
@@ -217,12 +277,12 @@ impl Machine {
                     }
                 },
             };
-            for ins in block.iter() {
+            for op in block.iter() {
                 let budget = limit - self.icount;
                 if budget == 0 {
                     return StopReason::Limit;
                 }
-                match self.exec(ins, budget) {
+                match self.exec(op, budget) {
                     Ok(n) => self.icount += n,
                     Err(e) => {
                         if let Some(stop) = self.raise(e) {
@@ -235,7 +295,7 @@ impl Machine {
                     self.sync_code();
                     break;
                 }
-                if self.cpu.rip != ins.next_ip() {
+                if self.cpu.rip != op.ins.next_ip() {
                     break;
                 }
             }

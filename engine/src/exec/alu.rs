@@ -440,12 +440,16 @@ impl Machine {
         let mk = mask(bits);
         // Work in a double-width value so 16-bit counts above 16 behave as the hardware does.
         let (res, cf) = if m == M::Shld {
-            let wide = ((a as u128) << bits) | b as u128;
-            let wide = if bits == 16 { wide | ((a as u128) << 32) } else { wide };
-            let total = if bits == 16 { 48 } else { 2 * bits };
-            let r = (wide << cnt) >> (total - bits);
-            let res = (r as u64) & mk;
-            let cf = ((wide << cnt) >> total) & 1 != 0;
+            // Shift a:b left; for 16-bit counts above 16 the hardware keeps shifting b's bits
+            // back in (a:b:a), which the 48-bit pattern reproduces.
+            let (wide, total) = if bits == 16 {
+                (((a as u128) << 32) | ((b as u128) << 16) | a as u128, 48)
+            } else {
+                (((a as u128) << bits) | b as u128, 2 * bits)
+            };
+            let shifted = if total >= 128 { wide << cnt } else { (wide << cnt) & ((1u128 << total) - 1) };
+            let res = ((shifted >> (total - bits)) as u64) & mk;
+            let cf = (wide >> (total - cnt)) & 1 != 0;
             (res, cf)
         } else {
             let wide = ((b as u128) << bits) | a as u128;

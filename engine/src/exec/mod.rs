@@ -50,6 +50,37 @@ impl From<Fault> for Ex {
 
 pub type R<T> = Result<T, Ex>;
 
+/// Handler family of a decoded instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    Mov,
+    Jcc,
+    Alu,
+    Flow,
+    String,
+    Nop,
+    System,
+    /// SSE, x87, or not implemented.
+    Other,
+}
+
+/// A decoded instruction with what was worked out about it at decode time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op {
+    pub ins: Instruction,
+    pub fam: Family,
+    /// Operand size in bits of operand 0 (where meaningful).
+    pub bits: u8,
+}
+
+impl Op {
+    pub(crate) fn new(ins: Instruction) -> Op {
+        let fam = Machine::classify(&ins);
+        let bits = if ins.op_count() > 0 { Machine::op_bits(&ins, 0).min(255) as u8 } else { 0 };
+        Op { ins, fam, bits }
+    }
+}
+
 /// GPR number and kind for an iced register (None when not a GPR).
 #[derive(Clone, Copy)]
 pub(crate) enum Gpr {
@@ -212,18 +243,35 @@ impl Machine {
 
     /// Executes one instruction. `budget` (at least 1) bounds how many iterations a `rep`
     /// string instruction may retire. Returns the number of instructions retired.
-    #[inline]
-    pub(crate) fn exec(&mut self, i: &Instruction, budget: u64) -> R<u64> {
+    #[inline(always)]
+    pub(crate) fn exec(&mut self, op: &Op, budget: u64) -> R<u64> {
         let pc = self.cpu.rip;
-        self.cpu.rip = i.next_ip();
-        let r = self.dispatch(i, budget);
+        self.cpu.rip = op.ins.next_ip();
+        let r = self.dispatch(op, budget);
         if r.is_err() {
             self.cpu.rip = pc;
         }
         r
     }
 
-    fn dispatch(&mut self, i: &Instruction, budget: u64) -> R<u64> {
+    /// Which family of handlers executes `i` (decided once, when the block is decoded).
+    pub(crate) fn classify(i: &Instruction) -> Family {
+        if i.is_invalid() {
+            return Family::Other;
+        }
+        match i.mnemonic() {
+            Mnemonic::Mov => Family::Mov,
+            m if i.condition_code() != iced_x86::ConditionCode::None
+                && matches!(i.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32)
+                && !matches!(m, Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne) =>
+            {
+                Family::Jcc
+            }
+            _ => Self::classify_inner(i),
+        }
+    }
+
+    fn classify_inner(i: &Instruction) -> Family {
         use Mnemonic as M;
         let m = i.mnemonic();
         match m {
@@ -319,13 +367,13 @@ impl Machine {
             | M::Cmc
             | M::Cld
             | M::Std
-            | M::Xlatb => self.exec_alu(i).map(|_| 1),
+            | M::Xlatb => Family::Alu,
             M::Movsb | M::Movsw | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
             | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd
-            | M::Scasq => self.exec_string(i, budget),
-            M::Movsd if i.op0_kind() == OpKind::MemoryESRDI => self.exec_string(i, budget),
+            | M::Scasq => Family::String,
+            M::Movsd if i.op0_kind() == OpKind::MemoryESRDI || i.op0_kind() == OpKind::MemoryESEDI => Family::String,
             M::Cmpsd if i.op0_kind() == OpKind::MemorySegRSI || i.op0_kind() == OpKind::MemorySegESI => {
-                self.exec_string(i, budget)
+                Family::String
             }
             M::Jmp
             | M::Call
@@ -358,11 +406,11 @@ impl Machine {
             | M::Pushf
             | M::Popf
             | M::Leave
-            | M::Enter => self.exec_flow(i).map(|_| 1),
+            | M::Enter => Family::Flow,
             // CET instructions live in the hint-NOP space: without CET (fx86 has none) they do nothing.
-            M::Rdsspd | M::Rdsspq | M::Incsspd | M::Incsspq => Ok(1),
+            M::Rdsspd | M::Rdsspq | M::Incsspd | M::Incsspq => Family::Nop,
             M::Nop | M::Endbr64 | M::Endbr32 | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta
-            | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush => Ok(1),
+            | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush => Family::Nop,
             M::Syscall
             | M::Cpuid
             | M::Rdtsc
@@ -384,8 +432,34 @@ impl Machine {
             | M::Xsavec64
             | M::Ldmxcsr
             | M::Stmxcsr
-            | M::Xgetbv => self.exec_system(i).map(|_| 1),
-            _ => {
+            | M::Xgetbv => Family::System,
+            _ => Family::Other,
+        }
+    }
+
+
+    #[inline(always)]
+    fn dispatch(&mut self, op: &Op, budget: u64) -> R<u64> {
+        let i = &op.ins;
+        match op.fam {
+            Family::Jcc => {
+                if self.cpu.cond(alu::cc_of(i)) {
+                    self.cpu.rip = i.near_branch_target();
+                }
+                Ok(1)
+            }
+            Family::Mov => {
+                let bits = op.bits as u32;
+                let v = self.rd(i, 1, bits)?;
+                self.wr(i, 0, bits, v)?;
+                Ok(1)
+            }
+            Family::Alu => self.exec_alu(i).map(|_| 1),
+            Family::Flow => self.exec_flow(i).map(|_| 1),
+            Family::String => self.exec_string(i, budget),
+            Family::Nop => Ok(1),
+            Family::System => self.exec_system(i).map(|_| 1),
+            Family::Other => {
                 if let Some(r) = self.exec_sse(i) {
                     return r.map(|_| 1);
                 }

@@ -133,7 +133,8 @@ fn stub_for(insn: &[u8]) -> Option<Stub> {
 
 impl Machine {
     /// The FXSAVE image of the guest's x87 and SSE state.
-    pub(crate) fn fx_image(&self) -> [u8; 512] {
+    /// (Public for the lockstep tester, which mirrors the native FPU state.)
+    pub fn fx_image(&self) -> [u8; 512] {
         let x = &self.cpu.x87;
         let mut img = [0u8; 512];
         img[0..2].copy_from_slice(&x.fcw.to_le_bytes());
@@ -155,7 +156,7 @@ impl Machine {
     }
 
     /// Loads x87 and SSE state from an FXSAVE image (#GP on reserved MXCSR bits).
-    pub(crate) fn load_fx_image(&mut self, img: &[u8; 512]) -> R<()> {
+    pub fn load_fx_image(&mut self, img: &[u8; 512]) -> R<()> {
         let mxcsr = u32::from_le_bytes(img[24..28].try_into().expect("4 bytes"));
         if mxcsr & !0xffff != 0 {
             return Err(Ex::GeneralProtection);

@@ -275,6 +275,18 @@ impl Machine {
                 0
             }
             115 => 0, // getgroups: none
+            105 | 106 | 113 | 114 | 117 | 119 | 122 | 123 => {
+                // set*id: the guest is uid/gid 1000 and may only "change" to that.
+                let ok = (0..3).all(|k| {
+                    let v = self.arg(k) as i64 as i32;
+                    v == -1 || v == 1000 || (k > 0 && matches!(nr, 105 | 106 | 122 | 123))
+                });
+                if ok {
+                    0
+                } else {
+                    -EPERM
+                }
+            }
             60 | 231 => {
                 let code = a0 as i32;
                 self.ended = Some(StopReason::Exited(code & 0xff));

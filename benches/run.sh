@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# fx86 speed benchmark: CPU-bound guests natively, under fx86 and under qemu-x86_64, side by
+# side in one run. Prints instructions per second (icount from fx86, which counts exactly),
+# medians of N runs, and the ratios fx86/qemu and fx86/native.
+#   usage: benches/run.sh [RUNS]      (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-5}
+cargo build --release -q
+FX86=target/release/fx86
+OUT=target/bench-guests
+mkdir -p "$OUT"
+for src in benches/guests/*.c; do
+  b=$(basename "$src" .c)
+  [ "$OUT/$b" -nt "$src" ] || gcc -static -O2 -o "$OUT/$b" "$src"
+done
+QEMU=$(command -v qemu-x86_64 || true)
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+now() { date +%s.%N; }
+printf "%-10s %14s %10s %10s %10s %9s %9s %10s %10s\n" guest icount native_s fx86_s qemu_s fx86_MIPS qemu_MIPS fx86/qemu fx86/native
+for bin in "$OUT"/*; do
+  b=$(basename "$bin")
+  icount=$($FX86 run --stats -- "$bin" 2>&1 >/dev/null | tail -1 | sed -n 's/.*icount=\([0-9]*\).*/\1/p')
+  nat=(); emu=(); qem=()
+  for _ in $(seq "$RUNS"); do
+    t0=$(now); "$bin" >/dev/null; t1=$(now); nat+=("$(echo "$t1 - $t0" | bc -l)")
+    t0=$(now); $FX86 run -- "$bin" >/dev/null; t1=$(now); emu+=("$(echo "$t1 - $t0" | bc -l)")
+    if [ -n "$QEMU" ]; then t0=$(now); "$QEMU" "$bin" >/dev/null; t1=$(now); qem+=("$(echo "$t1 - $t0" | bc -l)"); fi
+  done
+  n=$(printf "%s\n" "${nat[@]}" | median); e=$(printf "%s\n" "${emu[@]}" | median)
+  q=$( [ -n "$QEMU" ] && printf "%s\n" "${qem[@]}" | median || echo 0)
+  fm=$(echo "$icount / $e / 1000000" | bc -l); qm=$( [ "$q" != 0 ] && echo "$icount / $q / 1000000" | bc -l || echo 0)
+  rq=$( [ "$q" != 0 ] && echo "$q / $e" | bc -l || echo 0); rn=$(echo "$n / $e" | bc -l)
+  printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn"
+done

@@ -1,0 +1,97 @@
+//! Shared helpers for the end-to-end tests: build C guests, run them natively and under fx86.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The fx86 binary under test.
+pub fn fx86() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fx86"))
+}
+
+pub fn guest_src(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests").join(name)
+}
+
+/// Builds `src` (under tests/guests or demo-guests) with `cc` ("gcc", "musl-gcc", "g++") at
+/// `opt` as a static executable; cached by name in the target's temp dir.
+pub fn build(src: &Path, cc: &str, opt: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&dir).expect("create guest dir");
+    let stem = src.file_stem().expect("stem").to_string_lossy();
+    let out = dir.join(format!("{stem}-{}-{}", cc.replace('+', "x"), opt.trim_start_matches('-')));
+    let fresh = match (std::fs::metadata(&out), std::fs::metadata(src)) {
+        (Ok(o), Ok(s)) => o.modified().ok() >= s.modified().ok(),
+        _ => false,
+    };
+    if fresh {
+        return out;
+    }
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let st = Command::new(cc)
+        .args(["-static", opt, "-g", "-o"])
+        .arg(&tmp)
+        .arg(src)
+        .arg("-lm")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc} (install it: see .ci/run): {e}"));
+    assert!(st.success(), "{cc} failed on {}", src.display());
+    std::fs::rename(&tmp, &out).expect("rename built guest");
+    out
+}
+
+/// Runs a command with stdin from `input`, returning its output.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+/// Exit status as a shell reports it (128+signal when killed).
+pub fn status_code(o: &Output) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
+}
+
+/// Runs `bin args` natively and under `fx86 run`, asserting identical stdout and status.
+pub fn assert_same_as_native(bin: &Path, args: &[&str], input: &[u8]) -> Output {
+    let mut n = Command::new(bin);
+    n.args(args);
+    let native = run_with_input(n, input);
+    let mut f = fx86();
+    f.arg("run").arg("--").arg(bin).args(args);
+    let emu = run_with_input(f, input);
+    assert_eq!(
+        String::from_utf8_lossy(&emu.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "stdout differs for {} {:?}; fx86 stderr:\n{}",
+        bin.display(),
+        args,
+        String::from_utf8_lossy(&emu.stderr)
+    );
+    assert_eq!(status_code(&emu), status_code(&native), "exit status differs for {}", bin.display());
+    emu
+}
+
+/// The `fx86: icount=... state=...` line of a `--stats` run.
+pub fn stats_line(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn stat_field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
