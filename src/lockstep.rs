@@ -206,6 +206,20 @@ fn disasm(m: &mut Machine, rip: u64) -> String {
     format!("{}", d.decode())
 }
 
+/// Whether the instruction can change XMM registers (only then are they fetched and compared;
+/// integer instructions cannot touch them, and it halves the ptrace traffic).
+fn touches_vector_state(m: &mut Machine, rip: u64) -> bool {
+    let mut bytes = [0u8; 16];
+    let _ = m.mem.fetch(rip, &mut bytes);
+    let mut d = iced_x86::Decoder::with_ip(64, &bytes, rip, 0);
+    let i = d.decode();
+    let name = format!("{:?}", i.mnemonic());
+    (0..i.op_count()).any(|k| i.op_kind(k) == iced_x86::OpKind::Register && i.op_register(k).is_xmm())
+        || name.starts_with("Fx")
+        || name.starts_with("Xrstor")
+        || i.is_invalid()
+}
+
 fn model_specific(m: &mut Machine, rip: u64) -> bool {
     let mut bytes = [0u8; 16];
     let _ = m.mem.fetch(rip, &mut bytes);
@@ -290,7 +304,10 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
             return Ok(0);
         }
         let rip = m.cpu.rip;
-        let word = native.peek(rip);
+        // The engine's memory mirrors the native process, so read the code from it.
+        let mut code = [0u8; 8];
+        let _ = m.mem.fetch(rip, &mut code);
+        let word = u64::from_le_bytes(code);
         let (b0, b1) = (word as u8, (word >> 8) as u8);
         let is_syscall = b0 == 0x0f && b1 == 0x05;
         if is_syscall {
@@ -411,11 +428,13 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
         let undefined = 0x8d5 & !flag_mask;
         let ef_full = m.cpu.rflags();
         m.cpu.set_rflags((ef_full & !undefined) | (r.eflags & undefined));
-        let fx = native.fpregs();
-        for k in 0..16 {
-            let v = u128::from_le_bytes(fx[160 + 16 * k..176 + 16 * k].try_into().unwrap_or([0; 16]));
-            if v != m.cpu.xmm[k] {
-                diffs.push(format!("xmm{k} native={v:#034x} fx86={:#034x}", m.cpu.xmm[k]));
+        if touches_vector_state(&mut m, rip) {
+            let fx = native.fpregs();
+            for k in 0..16 {
+                let v = u128::from_le_bytes(fx[160 + 16 * k..176 + 16 * k].try_into().unwrap_or([0; 16]));
+                if v != m.cpu.xmm[k] {
+                    diffs.push(format!("xmm{k} native={v:#034x} fx86={:#034x}", m.cpu.xmm[k]));
+                }
             }
         }
         if !diffs.is_empty() {

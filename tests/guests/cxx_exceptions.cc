@@ -6,11 +6,13 @@
 #include <string>
 #include <algorithm>
 #include <memory>
+#include <cstdlib>
 struct Boom : std::runtime_error { int depth; Boom(int d) : std::runtime_error("boom"), depth(d) {} };
 static int dive(int n) { std::vector<int> v(n + 1, n); if (n == 0) throw Boom(v.size()); return dive(n - 1) + v[0]; }
-int main() {
+int main(int argc, char **argv) {
+    int n = argc > 1 ? std::atoi(argv[1]) : 50;
     std::map<std::string, int> m; int caught = 0;
-    for (int i = 0; i < 50; i++) {
+    for (int i = 0; i < n; i++) {
         try { dive(i % 13); } catch (const Boom &b) { caught += b.depth; m[std::to_string(i % 7)] += i; }
         catch (...) { return 9; }
     }

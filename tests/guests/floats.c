@@ -5,7 +5,8 @@
 int main(int argc, char **argv) {
     double x = 0.1 * argc, s = 0;
     float f = 1.5f;
-    for (int i = 1; i < 2000; i++) {
+    int n = argc > 1 ? atoi(argv[1]) : 2000;
+    for (int i = 1; i < n; i++) {
         s += sin(x * i) * cos(i) + sqrt(i) / (i + x) + exp(-i * 0.001) + log(i);
         f = f * 1.0001f + (float)i / 3.0f;
         s += (double)(long)(s * 3.7) - floor(s) + fmod(s, 3.3) + pow(1.0001, i);

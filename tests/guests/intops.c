@@ -2,15 +2,17 @@
 #include <stdio.h>
 #include <stdint.h>
 #include <limits.h>
+#include <stdlib.h>
 
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
 __attribute__((noinline)) static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 20000;
     uint64_t acc = 0;
-    for (int i = 0; i < 20000; i++) {
+    for (int i = 0; i < n; i++) {
         uint64_t a = next(), b = next() | 1;
         int32_t sa = (int32_t)a, sb = (int32_t)b | 1;
         int8_t c8 = (int8_t)a; int16_t c16 = (int16_t)b;
