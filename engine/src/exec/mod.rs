@@ -8,6 +8,7 @@
 //! sees the faulting instruction as not executed.
 
 mod alu;
+mod fast;
 mod flow;
 mod sse;
 mod string;
@@ -54,6 +55,14 @@ pub type R<T> = Result<T, Ex>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Family {
     Mov,
+    /// add/sub/cmp/and/test/or/xor with pre-resolved operands.
+    Alu2(fast::AluOp),
+    Lea,
+    /// 64-bit push/pop of a register, immediate or memory operand.
+    Push,
+    Pop,
+    Call,
+    Ret,
     Jcc,
     Alu,
     Flow,
@@ -71,13 +80,47 @@ pub(crate) struct Op {
     pub fam: Family,
     /// Operand size in bits of operand 0 (where meaningful).
     pub bits: u8,
+    pub a: fast::Opnd,
+    pub b: fast::Opnd,
+    pub m: fast::MemRef,
+    /// Condition code for Jcc (0..15).
+    pub cc: u8,
 }
 
 impl Op {
     pub(crate) fn new(ins: Instruction) -> Op {
-        let fam = Machine::classify(&ins);
+        let mut fam = Machine::classify(&ins);
         let bits = if ins.op_count() > 0 { Machine::op_bits(&ins, 0).min(255) as u8 } else { 0 };
-        Op { ins, fam, bits }
+        let a = fast::resolve(&ins, 0);
+        let b = fast::resolve(&ins, 1);
+        let has_mem = a == fast::Opnd::Mem || b == fast::Opnd::Mem;
+        let m = if has_mem || ins.mnemonic() == Mnemonic::Lea { fast::mem_ref(&ins) } else { fast::MemRef::default() };
+        let simple = a != fast::Opnd::None && (ins.op_count() < 2 || b != fast::Opnd::None) && ins.op_count() <= 2;
+        if fam == Family::Alu && simple {
+            if let Some(op) = fast::alu_op(ins.mnemonic()) {
+                fam = Family::Alu2(op);
+            } else if ins.mnemonic() == Mnemonic::Lea && matches!(a, fast::Opnd::R64(_) | fast::Opnd::R32(_)) {
+                fam = Family::Lea;
+            }
+        }
+        if fam == Family::Mov && !simple {
+            fam = Family::Alu;
+        }
+        if fam == Family::Flow && bits == 64 && simple && ins.op_count() == 1 {
+            match ins.mnemonic() {
+                Mnemonic::Push => fam = Family::Push,
+                Mnemonic::Pop if a != fast::Opnd::Mem => fam = Family::Pop,
+                _ => {}
+            }
+        }
+        if fam == Family::Flow && ins.mnemonic() == Mnemonic::Call && ins.op0_kind() == OpKind::NearBranch64 {
+            fam = Family::Call;
+        }
+        if fam == Family::Flow && ins.mnemonic() == Mnemonic::Ret && ins.op_count() == 0 {
+            fam = Family::Ret;
+        }
+        let cc = alu::cc_of(&ins);
+        Op { ins, fam, bits, a, b, m, cc }
     }
 }
 
@@ -443,15 +486,35 @@ impl Machine {
         let i = &op.ins;
         match op.fam {
             Family::Jcc => {
-                if self.cpu.cond(alu::cc_of(i)) {
+                if self.cpu.cond(op.cc) {
                     self.cpu.rip = i.near_branch_target();
                 }
                 Ok(1)
             }
             Family::Mov => {
                 let bits = op.bits as u32;
-                let v = self.rd(i, 1, bits)?;
-                self.wr(i, 0, bits, v)?;
+                let v = self.rd_fast(op.b, &op.m, bits)?;
+                self.wr_fast(op.a, &op.m, bits, v)?;
+                Ok(1)
+            }
+            Family::Alu2(a) => self.alu_fast(a, op.a, op.b, &op.m, op.bits as u32).map(|_| 1),
+            Family::Lea => {
+                let mut m = op.m;
+                m.seg = 0;
+                let v = self.ea_fast(&m);
+                self.wr_fast(op.a, &m, 64, v)?;
+                Ok(1)
+            }
+            Family::Push => self.push_fast(op.a, &op.m).map(|_| 1),
+            Family::Pop => self.pop_fast(op.a, &op.m).map(|_| 1),
+            Family::Call => {
+                self.push64(i.next_ip())?;
+                self.cpu.rip = i.near_branch_target();
+                Ok(1)
+            }
+            Family::Ret => {
+                let t = self.pop64()?;
+                self.cpu.rip = t;
                 Ok(1)
             }
             Family::Alu => self.exec_alu(i).map(|_| 1),
