@@ -179,8 +179,14 @@ impl Machine {
                 let a = self.rd(i, 0, bits)?;
                 let b = self.rd(i, 1, bits)?;
                 let res = a.wrapping_add(b) & mask(bits);
-                self.wr(i, 0, bits, res)?;
-                self.wr(i, 1, bits, a)?;
+                if i.op0_kind() == OpKind::Memory {
+                    self.wr(i, 0, bits, res)?;
+                    self.wr(i, 1, bits, a)?;
+                } else {
+                    // `xadd r, r` with one register: the sum is written last and wins.
+                    self.wr(i, 1, bits, a)?;
+                    self.wr(i, 0, bits, res)?;
+                }
                 self.cpu.set_lazy(LazyOp::Add, bits, a, b, res);
                 Ok(())
             }
@@ -192,8 +198,11 @@ impl Machine {
                 if acc == d {
                     self.wr(i, 0, bits, s)?;
                 } else {
-                    // The locked cycle writes the old value back; a read-only page faults.
-                    self.wr(i, 0, bits, d)?;
+                    // The locked cycle writes the old value back to memory (a read-only page
+                    // faults); a register destination is left as it is, upper half included.
+                    if i.op0_kind() == OpKind::Memory {
+                        self.wr(i, 0, bits, d)?;
+                    }
                     let r = match bits {
                         8 => Register::AL,
                         16 => Register::AX,
