@@ -30,7 +30,10 @@ fn errno() -> std::io::Error {
 impl Native {
     fn spawn(path: &str, args: &[String]) -> Result<Native, String> {
         let cpath = CString::new(path).map_err(|e| e.to_string())?;
-        let cargs: Vec<CString> = args.iter().map(|a| CString::new(a.as_str()).unwrap_or_default()).collect();
+        let cargs: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_str()).unwrap_or_default())
+            .collect();
         let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         // SAFETY: the child only makes async-signal-safe system calls before execv.
@@ -136,15 +139,22 @@ impl Native {
         let mut v = Vec::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();
-            let (Some(range), Some(perms)) = (it.next(), it.next()) else { continue };
+            let (Some(range), Some(perms)) = (it.next(), it.next()) else {
+                continue;
+            };
             let name = it.nth(3).unwrap_or("").to_string();
-            let Some((a, b)) = range.split_once('-') else { continue };
-            let (Ok(s), Ok(e)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(s), Ok(e)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+                continue;
+            };
             if name == "[vvar]" || name == "[vsyscall]" || name == "[vvar_vclock]" {
                 continue;
             }
             let p = perms.as_bytes();
-            let prot = (p[0] == b'r') as u8 | ((p[1] == b'w') as u8) << 1 | ((p[2] == b'x') as u8) << 2;
+            let prot =
+                (p[0] == b'r') as u8 | ((p[1] == b'w') as u8) << 1 | ((p[2] == b'x') as u8) << 2;
             v.push((s, e, prot, name));
         }
         v
@@ -180,11 +190,16 @@ impl Native {
 }
 
 fn gprs_of(r: &libc::user_regs_struct) -> [u64; 16] {
-    [r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15]
+    [
+        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ]
 }
 
-const NAMES: [&str; 16] =
-    ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+const NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
 
 /// Copies the native registers, FPU/SSE state and memory into the engine.
 fn sync_engine(m: &mut Machine, n: &Native) {
@@ -214,7 +229,8 @@ fn touches_vector_state(m: &mut Machine, rip: u64) -> bool {
     let mut d = iced_x86::Decoder::with_ip(64, &bytes, rip, 0);
     let i = d.decode();
     let name = format!("{:?}", i.mnemonic());
-    (0..i.op_count()).any(|k| i.op_kind(k) == iced_x86::OpKind::Register && i.op_register(k).is_xmm())
+    (0..i.op_count())
+        .any(|k| i.op_kind(k) == iced_x86::OpKind::Register && i.op_register(k).is_xmm())
         || name.starts_with("Fx")
         || name.starts_with("Xrstor")
         || i.is_invalid()
@@ -224,7 +240,10 @@ fn model_specific(m: &mut Machine, rip: u64) -> bool {
     let mut bytes = [0u8; 16];
     let _ = m.mem.fetch(rip, &mut bytes);
     let mut d = iced_x86::Decoder::with_ip(64, &bytes, rip, 0);
-    matches!(d.decode().mnemonic(), iced_x86::Mnemonic::Tzcnt | iced_x86::Mnemonic::Lzcnt)
+    matches!(
+        d.decode().mnemonic(),
+        iced_x86::Mnemonic::Tzcnt | iced_x86::Mnemonic::Lzcnt
+    )
 }
 
 fn defined_flag_mask(m: &mut Machine, rip: u64) -> u64 {
@@ -238,9 +257,16 @@ fn defined_flag_mask(m: &mut Machine, rip: u64) -> u64 {
     // undefined; iced does not model count-dependent cases, so be conservative there.
     use iced_x86::Mnemonic as M;
     match i.mnemonic() {
-        M::Shl | M::Shr | M::Sar | M::Sal | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd => {
-            undefined |= 0x800 | 0x10
-        }
+        M::Shl
+        | M::Shr
+        | M::Sar
+        | M::Sal
+        | M::Rol
+        | M::Ror
+        | M::Rcl
+        | M::Rcr
+        | M::Shld
+        | M::Shrd => undefined |= 0x800 | 0x10,
         M::Mul | M::Imul => undefined |= 0xd4,
         M::Div | M::Idiv => undefined |= arith,
         M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => undefined |= arith & !0x40,
@@ -262,7 +288,8 @@ pub fn main(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> i
 }
 
 fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result<i32, String> {
-    let path = crate::find_program(&prog[0]).ok_or_else(|| format!("{}: command not found", prog[0]))?;
+    let path =
+        crate::find_program(&prog[0]).ok_or_else(|| format!("{}: command not found", prog[0]))?;
     let path = path.to_string_lossy().into_owned();
     let native = Native::spawn(&path, prog)?;
     // Both sides see fx86's CPU model and clock.
@@ -290,7 +317,10 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
         }
         p += 16;
     }
-    let host = StdHost { capture: Some(Vec::new()), ..Default::default() };
+    let host = StdHost {
+        capture: Some(Vec::new()),
+        ..Default::default()
+    };
     let mut m = Machine::bare(&[0x90], Box::new(host));
     let _ = Config::default();
     sync_engine(&mut m, &native);
@@ -317,7 +347,11 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
                 st = native.step(libc::WSTOPSIG(st))?;
             }
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                let code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
+                let code = if libc::WIFEXITED(st) {
+                    libc::WEXITSTATUS(st)
+                } else {
+                    128 + libc::WTERMSIG(st)
+                };
                 println!("lockstep: {compared} instructions compared, no difference; the program exited with {code}");
                 return Ok(0);
             }
@@ -354,7 +388,11 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
             let sig = libc::WSTOPSIG(st);
             st = native.step(sig)?;
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                let native_code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
+                let native_code = if libc::WIFEXITED(st) {
+                    libc::WEXITSTATUS(st)
+                } else {
+                    128 + libc::WTERMSIG(st)
+                };
                 let ours = match &stop {
                     StopReason::Signaled { sig, .. } => 128 + sig,
                     _ => -1,
@@ -376,7 +414,9 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
             compared += 1;
             continue;
         } else if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            println!("lockstep: {compared} instructions compared; the native program ended unexpectedly");
+            println!(
+                "lockstep: {compared} instructions compared; the native program ended unexpectedly"
+            );
             return Ok(1);
         }
         if model_specific(&mut m, rip) {
@@ -404,7 +444,7 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
         }
         compared += 1;
         if let Some(p) = progress {
-            if compared % p == 0 {
+            if compared.is_multiple_of(p) {
                 eprintln!("lockstep: {compared} instructions");
             }
         }
@@ -416,24 +456,35 @@ fn run(prog: &[String], max_insns: Option<u64>, progress: Option<u64>) -> Result
         }
         for k in 0..16 {
             if ng[k] != m.cpu.gpr[k] {
-                diffs.push(format!("{} native={:#x} fx86={:#x}", NAMES[k], ng[k], m.cpu.gpr[k]));
+                diffs.push(format!(
+                    "{} native={:#x} fx86={:#x}",
+                    NAMES[k], ng[k], m.cpu.gpr[k]
+                ));
             }
         }
         let (nf, ef) = (r.eflags & flag_mask, m.cpu.rflags() & flag_mask);
         if nf != ef {
-            diffs.push(format!("rflags(defined bits {flag_mask:#x}) native={nf:#x} fx86={ef:#x}"));
+            diffs.push(format!(
+                "rflags(defined bits {flag_mask:#x}) native={nf:#x} fx86={ef:#x}"
+            ));
         }
         // Bits the instruction leaves undefined take the hardware's values, so that a later
         // instruction that preserves them compares equal.
         let undefined = 0x8d5 & !flag_mask;
         let ef_full = m.cpu.rflags();
-        m.cpu.set_rflags((ef_full & !undefined) | (r.eflags & undefined));
+        m.cpu
+            .set_rflags((ef_full & !undefined) | (r.eflags & undefined));
         if touches_vector_state(&mut m, rip) {
             let fx = native.fpregs();
             for k in 0..16 {
-                let v = u128::from_le_bytes(fx[160 + 16 * k..176 + 16 * k].try_into().unwrap_or([0; 16]));
+                let v = u128::from_le_bytes(
+                    fx[160 + 16 * k..176 + 16 * k].try_into().unwrap_or([0; 16]),
+                );
                 if v != m.cpu.xmm[k] {
-                    diffs.push(format!("xmm{k} native={v:#034x} fx86={:#034x}", m.cpu.xmm[k]));
+                    diffs.push(format!(
+                        "xmm{k} native={v:#034x} fx86={:#034x}",
+                        m.cpu.xmm[k]
+                    ));
                 }
             }
         }

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "fx86", version, about = "A time-travel debugger for x86-64 Linux programs")]
+#[command(
+    name = "fx86",
+    version,
+    about = "A time-travel debugger for x86-64 Linux programs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,11 +61,17 @@ pub fn find_program(prog: &str) -> Option<PathBuf> {
         return p.exists().then_some(p);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 /// Loads a program for the engine, or says why not with the status a shell would use.
-pub fn load_guest(prog: &[String], seed: u64, host: StdHost) -> std::result::Result<Machine, (i32, String)> {
+pub fn load_guest(
+    prog: &[String],
+    seed: u64,
+    host: StdHost,
+) -> std::result::Result<Machine, (i32, String)> {
     let name = &prog[0];
     let Some(path) = find_program(name) else {
         return Err((127, format!("{name}: command not found")));
@@ -86,7 +96,8 @@ pub fn load_guest(prog: &[String], seed: u64, host: StdHost) -> std::result::Res
         // SAFETY: isatty only inspects the descriptor.
         tty: unsafe { libc::isatty(1) } == 1,
     };
-    Machine::new(&bytes, config, Box::new(host)).map_err(|e| (126, format!("{}: {e}", path.display())))
+    Machine::new(&bytes, config, Box::new(host))
+        .map_err(|e| (126, format!("{}: {e}", path.display())))
 }
 
 fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
@@ -108,7 +119,10 @@ fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
                 let _ = m.mem.fetch(rip, &mut bytes);
                 let mut d = iced_x86::Decoder::with_ip(64, &bytes, rip, 0);
                 let ins = d.decode();
-                eprintln!("[{}] {rip:#x} {ins} rax={:#x} rcx={:#x} rsi={:#x} rdi={:#x}", m.icount, m.cpu.gpr[0], m.cpu.gpr[1], m.cpu.gpr[6], m.cpu.gpr[7]);
+                eprintln!(
+                    "[{}] {rip:#x} {ins} rax={:#x} rcx={:#x} rsi={:#x} rdi={:#x}",
+                    m.icount, m.cpu.gpr[0], m.cpu.gpr[1], m.cpu.gpr[6], m.cpu.gpr[7]
+                );
                 if m.run(m.icount + 1) != StopReason::Limit {
                     break;
                 }
@@ -121,7 +135,14 @@ fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
     if stats {
         let mips = m.icount as f64 / wall.max(1e-9) / 1e6;
         let hash = m.state_hash();
-        eprintln!("fx86: icount={} wall={:.3} mips={:.1} state={} exit={}", m.icount, wall, mips, hash.to_hex(), code);
+        eprintln!(
+            "fx86: icount={} wall={:.3} mips={:.1} state={} exit={}",
+            m.icount,
+            wall,
+            mips,
+            hash.to_hex(),
+            code
+        );
     }
     code
 }
@@ -136,7 +157,9 @@ fn trace_window() -> Option<(u64, u64)> {
 fn report(stop: &StopReason, icount: u64) -> i32 {
     match stop {
         StopReason::Exited(_) => {}
-        StopReason::Signaled { msg, .. } => eprintln!("fx86: guest terminated: {msg} (icount {icount})"),
+        StopReason::Signaled { msg, .. } => {
+            eprintln!("fx86: guest terminated: {msg} (icount {icount})")
+        }
         StopReason::Limit => eprintln!("fx86: stopped after {icount} instructions (--max-insns)"),
     }
     stop.exit_status()
@@ -154,10 +177,16 @@ fn demo() -> i32 {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("fx86: could not build the demo guest {} with gcc", src.display());
+        eprintln!(
+            "fx86: could not build the demo guest {} with gcc",
+            src.display()
+        );
         return 1;
     }
-    println!("fx86 demo: running {} in the deterministic engine\n", src.display());
+    println!(
+        "fx86 demo: running {} in the deterministic engine\n",
+        src.display()
+    );
     let prog = vec![bin.to_string_lossy().into_owned(), "7".into()];
     let mut m = match load_guest(&prog, 0, StdHost::default()) {
         Ok(m) => m,
@@ -174,14 +203,27 @@ fn demo() -> i32 {
         StopReason::Signaled { msg, .. } => println!("The guest crashed: {msg}"),
         other => println!("The guest ended: {other:?}"),
     }
-    println!("It ran exactly {icount} instructions; final state hash {}.", hash.to_hex());
-    let mut again = match load_guest(&prog, 0, StdHost { capture: Some(Vec::new()), ..Default::default() }) {
+    println!(
+        "It ran exactly {icount} instructions; final state hash {}.",
+        hash.to_hex()
+    );
+    let mut again = match load_guest(
+        &prog,
+        0,
+        StdHost {
+            capture: Some(Vec::new()),
+            ..Default::default()
+        },
+    ) {
         Ok(m) => m,
         Err((c, _)) => return c,
     };
     let stop2 = again.run(u64::MAX);
     let same = stop2 == stop && again.icount == icount && again.state_hash() == hash;
-    println!("A second run reproduces it bit for bit: {}", if same { "yes" } else { "NO" });
+    println!(
+        "A second run reproduces it bit for bit: {}",
+        if same { "yes" } else { "NO" }
+    );
     println!("(The time-travel TUI will open here once it lands; see the README.)");
     0
 }
@@ -189,8 +231,17 @@ fn demo() -> i32 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Run { stats, max_insns, seed, prog } => run(stats, max_insns, seed, &prog),
-        Cmd::Lockstep { max_insns, progress, prog } => lockstep::main(&prog, max_insns, progress),
+        Cmd::Run {
+            stats,
+            max_insns,
+            seed,
+            prog,
+        } => run(stats, max_insns, seed, &prog),
+        Cmd::Lockstep {
+            max_insns,
+            progress,
+            prog,
+        } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
     };
     std::process::exit(code);

@@ -16,7 +16,12 @@ fn lockstep_limited(src: &str, cc: &str, opt: &str, args: &[&str], limit: Option
     if let Some(n) = limit {
         cmd.arg("--max-insns").arg(n.to_string());
     }
-    let o = cmd.arg("--").arg(&bin).args(args).output().expect("run lockstep");
+    let o = cmd
+        .arg("--")
+        .arg(&bin)
+        .args(args)
+        .output()
+        .expect("run lockstep");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success() && out.contains("no difference"),
@@ -76,7 +81,11 @@ fn lockstep_reports_a_divergence() {
     // The host CPU may execute AVX natively; fx86's model has no AVX and raises SIGILL. The
     // tester must say so and fail, naming where.
     let bin = build(&guest_src("avx.c"), "musl-gcc", "-O2");
-    let o = fx86().args(["lockstep", "--"]).arg(&bin).output().expect("run lockstep");
+    let o = fx86()
+        .args(["lockstep", "--"])
+        .arg(&bin)
+        .output()
+        .expect("run lockstep");
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("SIGILL") || out.contains("DIVERGED"), "{out}");

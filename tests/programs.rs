@@ -75,7 +75,10 @@ fn unimplemented_instruction_is_sigill_naming_it() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "before\n");
     assert_eq!(status_code(&o), 132);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("vpxor"), "message should name the instruction: {err}");
+    assert!(
+        err.contains("vpxor"),
+        "message should name the instruction: {err}"
+    );
 }
 
 #[test]
@@ -95,9 +98,17 @@ fn guest_files_stay_in_the_data_tree() {
         let bin = build(&guest_src("files.c"), cc, "-O2");
         let o = assert_same_as_native(&bin, &[&format!("{dir}-native")], b"");
         let _ = o;
-        let o = fx86().args(["run", "--"]).arg(&bin).arg(&dir).output().expect("run");
+        let o = fx86()
+            .args(["run", "--"])
+            .arg(&bin)
+            .arg(&dir)
+            .output()
+            .expect("run");
         assert!(o.status.success());
-        assert!(!std::path::Path::new(&dir).exists(), "the guest's directory leaked to the host");
+        assert!(
+            !std::path::Path::new(&dir).exists(),
+            "the guest's directory leaked to the host"
+        );
         // A file the guest writes to must not change on the host either.
         let host_file = std::env::temp_dir().join(format!("fx86-hostfile-{}", std::process::id()));
         std::fs::write(&host_file, b"original").expect("write");
@@ -114,10 +125,22 @@ fn guest_files_stay_in_the_data_tree() {
 
 #[test]
 fn runs_are_deterministic() {
-    for (g, cc) in [("strings.c", "gcc"), ("floats.c", "musl-gcc"), ("signals.c", "gcc")] {
+    for (g, cc) in [
+        ("strings.c", "gcc"),
+        ("floats.c", "musl-gcc"),
+        ("signals.c", "gcc"),
+    ] {
         let bin = build(&guest_src(g), cc, "-O2");
-        let a = fx86().args(["run", "--stats", "--"]).arg(&bin).output().expect("run");
-        let b = fx86().args(["run", "--stats", "--"]).arg(&bin).output().expect("run");
+        let a = fx86()
+            .args(["run", "--stats", "--"])
+            .arg(&bin)
+            .output()
+            .expect("run");
+        let b = fx86()
+            .args(["run", "--stats", "--"])
+            .arg(&bin)
+            .output()
+            .expect("run");
         let (la, lb) = (stats_line(&a), stats_line(&b));
         assert_eq!(stat_field(&la, "icount"), stat_field(&lb, "icount"));
         assert_eq!(stat_field(&la, "state"), stat_field(&lb, "state"));
@@ -128,7 +151,11 @@ fn runs_are_deterministic() {
 #[test]
 fn max_insns_stops_with_124() {
     let bin = build(&guest_src("intops.c"), "gcc", "-O2");
-    let o = fx86().args(["run", "--stats", "--max-insns", "1000", "--"]).arg(&bin).output().expect("run");
+    let o = fx86()
+        .args(["run", "--stats", "--max-insns", "1000", "--"])
+        .arg(&bin)
+        .output()
+        .expect("run");
     assert_eq!(status_code(&o), 124);
     let l = stats_line(&o);
     assert_eq!(stat_field(&l, "icount"), "1000");
@@ -136,7 +163,10 @@ fn max_insns_stops_with_124() {
 
 #[test]
 fn bad_programs_get_shell_statuses() {
-    let o = fx86().args(["run", "--", "no-such-program-fx86"]).output().expect("run");
+    let o = fx86()
+        .args(["run", "--", "no-such-program-fx86"])
+        .output()
+        .expect("run");
     assert_eq!(status_code(&o), 127);
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -169,9 +199,23 @@ fn bad_programs_get_shell_statuses() {
 #[test]
 fn program_found_on_path_and_args_env_pass_through() {
     let o = fx86()
-        .args(["run", "--", "busybox", "sh", "-c", "echo $FX86_TEST_VAR $0 $1", "zero", "one"])
+        .args([
+            "run",
+            "--",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $FX86_TEST_VAR $0 $1",
+            "zero",
+            "one",
+        ])
         .env("FX86_TEST_VAR", "from-host")
         .output()
         .expect("run");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "from-host zero one\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "from-host zero one\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -25,11 +25,23 @@ impl Rng {
 }
 
 // r15 holds the data buffer; rsp is left alone.
-const R64: &[&str] = &["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14"];
-const R32: &[&str] = &["eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d"];
-const R16: &[&str] = &["ax", "bx", "cx", "dx", "si", "di", "bp", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w"];
-const R8: &[&str] = &["al", "bl", "cl", "dl", "sil", "dil", "bpl", "r8b", "r9b", "r10b", "r11b", "r12b", "r13b", "r14b"];
-const CC: &[&str] = &["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"];
+const R64: &[&str] = &[
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+];
+const R32: &[&str] = &[
+    "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d",
+    "r14d",
+];
+const R16: &[&str] = &[
+    "ax", "bx", "cx", "dx", "si", "di", "bp", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w",
+];
+const R8: &[&str] = &[
+    "al", "bl", "cl", "dl", "sil", "dil", "bpl", "r8b", "r9b", "r10b", "r11b", "r12b", "r13b",
+    "r14b",
+];
+const CC: &[&str] = &[
+    "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
+];
 
 fn reg(r: &mut Rng) -> (u32, &'static str) {
     match r.below(4) {
@@ -69,7 +81,9 @@ fn imm(r: &mut Rng, bits: u32) -> i64 {
 }
 
 fn alu(r: &mut Rng, out: &mut String) {
-    let op = r.pick(&["add", "sub", "adc", "sbb", "and", "or", "xor", "cmp", "test"]);
+    let op = r.pick(&[
+        "add", "sub", "adc", "sbb", "and", "or", "xor", "cmp", "test",
+    ]);
     let (bits, d) = reg(r);
     let _ = match r.below(4) {
         0 => writeln!(out, "{op} {d}, {}", same_size(r, bits)),
@@ -140,32 +154,124 @@ fn bits_family(r: &mut Rng, out: &mut String) {
     let (a, b) = (same_size(r, bits), same_size(r, bits));
     let _ = match r.below(9) {
         0 => writeln!(out, "{} {a}, {b}", r.pick(&["bt", "bts", "btr", "btc"])),
-        1 => writeln!(out, "{} {a}, {}", r.pick(&["bt", "bts", "btr", "btc"]), r.below(bits as u64)),
+        1 => writeln!(
+            out,
+            "{} {a}, {}",
+            r.pick(&["bt", "bts", "btr", "btc"]),
+            r.below(bits as u64)
+        ),
         2 => writeln!(out, "{} {a}, {b}", r.pick(&["bsf", "bsr", "popcnt"])),
         3 => writeln!(out, "set{} {}", r.pick(CC), r.pick(R8)),
         4 => writeln!(out, "cmov{} {a}, {b}", r.pick(CC)),
-        5 => writeln!(out, "bswap {}", if bits == 64 { r.pick(R64) } else { r.pick(R32) }),
-        6 => writeln!(out, "{} {}, {}", r.pick(&["movzx", "movsx"]), r.pick(R32), r.pick(R8)),
+        5 => writeln!(
+            out,
+            "bswap {}",
+            if bits == 64 { r.pick(R64) } else { r.pick(R32) }
+        ),
+        6 => writeln!(
+            out,
+            "{} {}, {}",
+            r.pick(&["movzx", "movsx"]),
+            r.pick(R32),
+            r.pick(R8)
+        ),
         7 => writeln!(out, "{} {a}, {b}", r.pick(&["xchg", "xadd", "cmpxchg"])),
-        _ => writeln!(out, "{}", r.pick(&["cbw", "cwde", "cdqe", "cwd", "cdq", "cqo", "cmc", "clc", "stc", "lahf", "sahf"])),
+        _ => writeln!(
+            out,
+            "{}",
+            r.pick(&[
+                "cbw", "cwde", "cdqe", "cwd", "cdq", "cqo", "cmc", "clc", "stc", "lahf", "sahf"
+            ])
+        ),
     };
-    let _ = writeln!(out, "lea {}, [{} + {}*{} + {}]", r.pick(R64), r.pick(R64), r.pick(R64), [1, 2, 4, 8][r.below(4) as usize], imm(r, 32));
+    let _ = writeln!(
+        out,
+        "lea {}, [{} + {}*{} + {}]",
+        r.pick(R64),
+        r.pick(R64),
+        r.pick(R64),
+        [1, 2, 4, 8][r.below(4) as usize],
+        imm(r, 32)
+    );
 }
 
 fn sse2(r: &mut Rng, out: &mut String) {
     let x = |r: &mut Rng| format!("xmm{}", r.below(16));
     let ops = [
-        "paddb", "paddw", "paddd", "paddq", "psubb", "psubw", "psubd", "psubq", "paddsb", "paddusw", "psubsw",
-        "psubusb", "pmullw", "pmulhw", "pmulhuw", "pmuludq", "pmaddwd", "pavgb", "pavgw", "pminub", "pmaxsw",
-        "psadbw", "pcmpeqb", "pcmpeqd", "pcmpgtb", "pcmpgtw", "pand", "pandn", "por", "pxor", "packsswb",
-        "packuswb", "packssdw", "punpcklbw", "punpckhwd", "punpckldq", "punpckhqdq", "unpcklps", "unpckhpd",
-        "addps", "addpd", "subsd", "mulss", "mulpd", "divsd", "divps", "minpd", "maxss", "sqrtpd", "sqrtss",
-        "andps", "xorpd", "cvtdq2ps", "cvttps2dq", "cvtps2pd", "cvtpd2ps", "cvtsd2ss", "cvtss2sd", "movss",
-        "movsd", "movaps", "movdqa", "cvtdq2pd", "cvttpd2dq",
+        "paddb",
+        "paddw",
+        "paddd",
+        "paddq",
+        "psubb",
+        "psubw",
+        "psubd",
+        "psubq",
+        "paddsb",
+        "paddusw",
+        "psubsw",
+        "psubusb",
+        "pmullw",
+        "pmulhw",
+        "pmulhuw",
+        "pmuludq",
+        "pmaddwd",
+        "pavgb",
+        "pavgw",
+        "pminub",
+        "pmaxsw",
+        "psadbw",
+        "pcmpeqb",
+        "pcmpeqd",
+        "pcmpgtb",
+        "pcmpgtw",
+        "pand",
+        "pandn",
+        "por",
+        "pxor",
+        "packsswb",
+        "packuswb",
+        "packssdw",
+        "punpcklbw",
+        "punpckhwd",
+        "punpckldq",
+        "punpckhqdq",
+        "unpcklps",
+        "unpckhpd",
+        "addps",
+        "addpd",
+        "subsd",
+        "mulss",
+        "mulpd",
+        "divsd",
+        "divps",
+        "minpd",
+        "maxss",
+        "sqrtpd",
+        "sqrtss",
+        "andps",
+        "xorpd",
+        "cvtdq2ps",
+        "cvttps2dq",
+        "cvtps2pd",
+        "cvtpd2ps",
+        "cvtsd2ss",
+        "cvtss2sd",
+        "movss",
+        "movsd",
+        "movaps",
+        "movdqa",
+        "cvtdq2pd",
+        "cvttpd2dq",
     ];
     let op = r.pick(&ops);
     let (a, b) = (x(r), x(r));
-    let _ = if r.below(3) == 0 && !["movss", "movsd", "cvtss2sd", "cvtsd2ss", "sqrtss", "mulss", "maxss", "subsd", "divsd", "cvtdq2pd", "cvtps2pd"].contains(&op) {
+    let _ = if r.below(3) == 0
+        && ![
+            "movss", "movsd", "cvtss2sd", "cvtsd2ss", "sqrtss", "mulss", "maxss", "subsd", "divsd",
+            "cvtdq2pd", "cvtps2pd",
+        ]
+        .contains(&op)
+    {
         writeln!(out, "{op} {a}, xmmword ptr [r15 + {}]", 16 * r.below(120))
     } else {
         writeln!(out, "{op} {a}, {b}")
@@ -174,12 +280,41 @@ fn sse2(r: &mut Rng, out: &mut String) {
     let _ = match r.below(8) {
         0 => writeln!(out, "pshufd {a}, {b}, {}", r.below(256)),
         1 => writeln!(out, "shufps {a}, {b}, {}", r.below(256)),
-        2 => writeln!(out, "{} {a}, {}", r.pick(&["psllw", "psrld", "psraw", "psrlq", "pslldq", "psrldq"]), r.below(20)),
-        3 => writeln!(out, "cmp{}{} {a}, {b}", ["eq", "lt", "le", "unord", "neq", "nlt", "nle", "ord"][r.below(8) as usize], r.pick(&["ps", "pd", "ss", "sd"])),
-        4 => writeln!(out, "{} {a}, {b}", r.pick(&["ucomisd", "comiss", "ucomiss", "comisd"])),
-        5 => writeln!(out, "{} {}, {a}", r.pick(&["cvttsd2si", "cvtsd2si", "cvtss2si", "cvttss2si"]), r.pick(R64)),
-        6 => writeln!(out, "{} {a}, {}", r.pick(&["cvtsi2sd", "cvtsi2ss"]), r.pick(R32)),
-        _ => writeln!(out, "{} {}, {a}", r.pick(&["pmovmskb", "movmskps", "movmskpd"]), r.pick(R32)),
+        2 => writeln!(
+            out,
+            "{} {a}, {}",
+            r.pick(&["psllw", "psrld", "psraw", "psrlq", "pslldq", "psrldq"]),
+            r.below(20)
+        ),
+        3 => writeln!(
+            out,
+            "cmp{}{} {a}, {b}",
+            ["eq", "lt", "le", "unord", "neq", "nlt", "nle", "ord"][r.below(8) as usize],
+            r.pick(&["ps", "pd", "ss", "sd"])
+        ),
+        4 => writeln!(
+            out,
+            "{} {a}, {b}",
+            r.pick(&["ucomisd", "comiss", "ucomiss", "comisd"])
+        ),
+        5 => writeln!(
+            out,
+            "{} {}, {a}",
+            r.pick(&["cvttsd2si", "cvtsd2si", "cvtss2si", "cvttss2si"]),
+            r.pick(R64)
+        ),
+        6 => writeln!(
+            out,
+            "{} {a}, {}",
+            r.pick(&["cvtsi2sd", "cvtsi2ss"]),
+            r.pick(R32)
+        ),
+        _ => writeln!(
+            out,
+            "{} {}, {a}",
+            r.pick(&["pmovmskb", "movmskps", "movmskpd"]),
+            r.pick(R32)
+        ),
     };
     let _ = writeln!(out, "movq {}, {a}", r.pick(R64));
 }
@@ -192,9 +327,29 @@ fn x87(r: &mut Rng, out: &mut String) {
         2 => writeln!(out, "fld1\nfldpi"),
         _ => writeln!(out, "fld qword ptr [r15 + {off}]"),
     };
-    let _ = writeln!(out, "{}", r.pick(&["fadd st(0), st(1)", "fmul st(0), st(1)", "fsub st(0), st(1)", "fdivr st(0), st(1)", "fsqrt", "fabs", "fchs", "frndint", "fxch st(1)", "fscale", "fprem"]));
+    let _ = writeln!(
+        out,
+        "{}",
+        r.pick(&[
+            "fadd st(0), st(1)",
+            "fmul st(0), st(1)",
+            "fsub st(0), st(1)",
+            "fdivr st(0), st(1)",
+            "fsqrt",
+            "fabs",
+            "fchs",
+            "frndint",
+            "fxch st(1)",
+            "fscale",
+            "fprem"
+        ])
+    );
     let slot = 8 * (250 + r.below(6));
-    let _ = writeln!(out, "fstp qword ptr [r15 + {slot}]\nmovq xmm{}, qword ptr [r15 + {slot}]", r.below(16));
+    let _ = writeln!(
+        out,
+        "fstp qword ptr [r15 + {slot}]\nmovq xmm{}, qword ptr [r15 + {slot}]",
+        r.below(16)
+    );
     let _ = writeln!(out, "fnstsw ax");
 }
 
@@ -216,7 +371,9 @@ fn guest(seed: u64, body: &str) -> String {
     for line in body.lines() {
         let _ = writeln!(c, "\"{line}\\n\"");
     }
-    c.push_str("\"mov eax, 60\\n xor edi, edi\\n syscall\\n\"\n\".att_syntax\\n\");\nreturn 0;\n}\n");
+    c.push_str(
+        "\"mov eax, 60\\n xor edi, edi\\n syscall\\n\"\n\".att_syntax\\n\");\nreturn 0;\n}\n",
+    );
     c
 }
 
@@ -233,7 +390,11 @@ fn check_family(name: &str, gen: fn(&mut Rng, &mut String), programs: u64, per_p
         let src = dir.join(format!("{name}-{p}.c"));
         std::fs::write(&src, guest(seed, &body)).expect("write guest");
         let bin = build(&src, "musl-gcc", "-O1");
-        let o = fx86().args(["lockstep", "--"]).arg(&bin).output().expect("lockstep");
+        let o = fx86()
+            .args(["lockstep", "--"])
+            .arg(&bin)
+            .output()
+            .expect("lockstep");
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(
             o.status.success() && out.contains("no difference"),

@@ -50,7 +50,15 @@ pub struct X87 {
 
 impl Default for X87 {
     fn default() -> Self {
-        X87 { regs: [[0; 10]; 8], fcw: 0x37f, fsw: 0, ftw: 0, fop: 0, fip: 0, fdp: 0 }
+        X87 {
+            regs: [[0; 10]; 8],
+            fcw: 0x37f,
+            fsw: 0,
+            ftw: 0,
+            fop: 0,
+            fip: 0,
+            fdp: 0,
+        }
     }
 }
 
@@ -116,7 +124,7 @@ pub fn mask(bits: u32) -> u64 {
 
 #[inline(always)]
 fn parity(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 impl Cpu {

@@ -28,13 +28,19 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
             let eax = 0x0003_06a9; // family 6, model 0x3a, stepping 9
             let ebx = (8 << 8) | (1 << 16);
             let ecx = (1 << 13) | (1 << 23) | (1 << 26) | (1 << 27); // CX16 POPCNT XSAVE OSXSAVE
-            let edx = 1 | (1 << 4) | (1 << 8) | (1 << 15) | (1 << 19) | (1 << 24) | (1 << 25) | (1 << 26);
+            let edx =
+                1 | (1 << 4) | (1 << 8) | (1 << 15) | (1 << 19) | (1 << 24) | (1 << 25) | (1 << 26);
             [eax, ebx, ecx, edx]
         }
         2 => [0x00ff_0001, 0, 0, 0], // "use leaf 4"
         4 => {
             // (type, level, ways, sets): L1d 32K, L1i 32K, L2 256K, L3 8M; 64-byte lines.
-            let caches = [(1u32, 1u32, 8u32, 64u32), (2, 1, 8, 64), (3, 2, 4, 1024), (3, 3, 16, 8192)];
+            let caches = [
+                (1u32, 1u32, 8u32, 64u32),
+                (2, 1, 8, 64),
+                (3, 2, 4, 1024),
+                (3, 3, 16, 8192),
+            ];
             match caches.get(subleaf as usize) {
                 Some(&(t, l, w, s)) => [t | (l << 5) | (1 << 8), ((w - 1) << 22) | 63, s - 1, 0],
                 None => [0; 4],

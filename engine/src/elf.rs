@@ -38,7 +38,9 @@ pub struct Loaded {
 pub const PIE_BASE: u64 = 0x5555_5555_4000;
 
 fn u16_at(b: &[u8], o: usize) -> Result<u16, LoadError> {
-    b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or(LoadError::Corrupt("truncated header"))
+    b.get(o..o + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .ok_or(LoadError::Corrupt("truncated header"))
 }
 fn u32_at(b: &[u8], o: usize) -> Result<u32, LoadError> {
     b.get(o..o + 4)
@@ -97,7 +99,9 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
     }
     let mut phdrs = Vec::new();
     for i in 0..phnum {
-        let o = phoff.checked_add(i * phentsize).ok_or(LoadError::Corrupt("program header offset"))?;
+        let o = phoff
+            .checked_add(i * phentsize)
+            .ok_or(LoadError::Corrupt("program header offset"))?;
         if o.checked_add(56).is_none_or(|e| e > file.len()) {
             return Err(LoadError::Corrupt("program headers beyond end of file"));
         }
@@ -114,8 +118,12 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
     for p in &phdrs {
         if p.ptype == 3 {
             let s = p.offset as usize;
-            let e = s.checked_add(p.filesz as usize).ok_or(LoadError::Corrupt("PT_INTERP"))?;
-            let bytes = file.get(s..e).ok_or(LoadError::Corrupt("PT_INTERP beyond end of file"))?;
+            let e = s
+                .checked_add(p.filesz as usize)
+                .ok_or(LoadError::Corrupt("PT_INTERP"))?;
+            let bytes = file
+                .get(s..e)
+                .ok_or(LoadError::Corrupt("PT_INTERP beyond end of file"))?;
             let path = bytes.split(|&b| b == 0).next().unwrap_or_default();
             interp = Some(String::from_utf8_lossy(path).into_owned());
         }
@@ -129,7 +137,11 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
     if loads.is_empty() {
         return Err(LoadError::Corrupt("no loadable segments"));
     }
-    let bias = if etype == 3 { PIE_BASE - loads[0].vaddr / 4096 * 4096 } else { 0 };
+    let bias = if etype == 3 {
+        PIE_BASE - loads[0].vaddr / 4096 * 4096
+    } else {
+        0
+    };
     let mut brk = 0;
     let mut phdr_addr = None;
     for p in &phdrs {
@@ -141,14 +153,23 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
         if p.filesz > p.memsz {
             return Err(LoadError::Corrupt("segment file size exceeds memory size"));
         }
-        let start = p.vaddr.checked_add(bias).ok_or(LoadError::Corrupt("segment address"))?;
-        let end = start.checked_add(p.memsz).ok_or(LoadError::Corrupt("segment size"))?;
+        let start = p
+            .vaddr
+            .checked_add(bias)
+            .ok_or(LoadError::Corrupt("segment address"))?;
+        let end = start
+            .checked_add(p.memsz)
+            .ok_or(LoadError::Corrupt("segment size"))?;
         if end > crate::mem::USER_END || start < crate::mem::MMAP_MIN {
             return Err(LoadError::Corrupt("segment outside the user address space"));
         }
         let fs = p.offset as usize;
-        let fe = fs.checked_add(p.filesz as usize).ok_or(LoadError::Corrupt("segment offset"))?;
-        let data = file.get(fs..fe).ok_or(LoadError::Corrupt("segment beyond end of file"))?;
+        let fe = fs
+            .checked_add(p.filesz as usize)
+            .ok_or(LoadError::Corrupt("segment offset"))?;
+        let data = file
+            .get(fs..fe)
+            .ok_or(LoadError::Corrupt("segment beyond end of file"))?;
         let mut prot = 0;
         if p.flags & 4 != 0 {
             prot |= PROT_READ;
@@ -183,7 +204,9 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
         brk = brk.max(map_end);
     }
     Ok(Loaded {
-        entry: entry.checked_add(bias).ok_or(LoadError::Corrupt("entry point"))?,
+        entry: entry
+            .checked_add(bias)
+            .ok_or(LoadError::Corrupt("entry point"))?,
         phdr: phdr_addr.unwrap_or(0),
         phnum: phnum as u64,
         phent: phentsize as u64,
@@ -231,7 +254,12 @@ pub fn build_stack(
     random: [u8; 16],
     hwcap: u64,
 ) -> (u64, Vec<(u64, u64)>) {
-    mem.map(STACK_TOP - STACK_SIZE, STACK_TOP, PROT_READ | PROT_WRITE, "[stack]");
+    mem.map(
+        STACK_TOP - STACK_SIZE,
+        STACK_TOP,
+        PROT_READ | PROT_WRITE,
+        "[stack]",
+    );
     let mut sp = STACK_TOP - 8; // a NULL word at the very top, as Linux leaves
     let push_bytes = |mem: &mut Memory, sp: &mut u64, b: &[u8]| {
         *sp -= b.len() as u64 + 1;
@@ -240,9 +268,17 @@ pub fn build_stack(
         *sp
     };
     let execfn_addr = push_bytes(mem, &mut sp, execfn);
-    let mut env_ptrs: Vec<u64> = env.iter().rev().map(|e| push_bytes(mem, &mut sp, e)).collect();
+    let mut env_ptrs: Vec<u64> = env
+        .iter()
+        .rev()
+        .map(|e| push_bytes(mem, &mut sp, e))
+        .collect();
     env_ptrs.reverse();
-    let mut arg_ptrs: Vec<u64> = args.iter().rev().map(|a| push_bytes(mem, &mut sp, a)).collect();
+    let mut arg_ptrs: Vec<u64> = args
+        .iter()
+        .rev()
+        .map(|a| push_bytes(mem, &mut sp, a))
+        .collect();
     arg_ptrs.reverse();
     sp &= !15;
     let platform = push_bytes(mem, &mut sp, b"x86_64");
@@ -311,7 +347,10 @@ mod tests {
         h[54] = 56;
         h[56] = 1;
         h[32] = 0xff;
-        assert!(matches!(load(&h, &mut m, "x").unwrap_err(), LoadError::Corrupt(_)));
+        assert!(matches!(
+            load(&h, &mut m, "x").unwrap_err(),
+            LoadError::Corrupt(_)
+        ));
         for n in 0..64 {
             let _ = load(&h[..n], &mut m, "x");
         }

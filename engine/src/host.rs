@@ -97,7 +97,11 @@ impl Host for StdHost {
         } else {
             return None;
         };
-        Some(HostStat { kind, mode: md.permissions().mode() & 0o7777, size: md.len() })
+        Some(HostStat {
+            kind,
+            mode: md.permissions().mode() & 0o7777,
+            size: md.len(),
+        })
     }
 
     fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
@@ -106,7 +110,9 @@ impl Host for StdHost {
 
     fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
-        std::fs::read_link(path).ok().map(|p| p.as_os_str().as_bytes().to_vec())
+        std::fs::read_link(path)
+            .ok()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
     }
 
     fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>> {

@@ -82,7 +82,11 @@ struct BlockCache {
 
 impl Default for BlockCache {
     fn default() -> Self {
-        BlockCache { fast: vec![(u64::MAX, None); FAST_SLOTS], blocks: AddrMap::default(), by_page: AddrMap::default() }
+        BlockCache {
+            fast: vec![(u64::MAX, None); FAST_SLOTS],
+            blocks: AddrMap::default(),
+            by_page: AddrMap::default(),
+        }
     }
 }
 
@@ -147,9 +151,20 @@ impl Machine {
         h.update(b"fx86 AT_RANDOM");
         h.update(&config.seed.to_le_bytes());
         random.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        let execfn = config.args.first().cloned().unwrap_or_else(|| config.exe.as_bytes().to_vec());
-        let (sp, auxv) =
-            elf::build_stack(&mut mem, &loaded, &config.args, &config.env, &execfn, random, crate::cpuid::hwcap());
+        let execfn = config
+            .args
+            .first()
+            .cloned()
+            .unwrap_or_else(|| config.exe.as_bytes().to_vec());
+        let (sp, auxv) = elf::build_stack(
+            &mut mem,
+            &loaded,
+            &config.args,
+            &config.env,
+            &execfn,
+            random,
+            crate::cpuid::hwcap(),
+        );
         let mut cpu = Cpu::default();
         cpu.rip = loaded.entry;
         cpu.gpr[RSP] = sp;
@@ -172,7 +187,12 @@ impl Machine {
         use crate::mem::{PROT_EXEC, PROT_READ, PROT_WRITE};
         let mut mem = Memory::default();
         let len = (code.len() as u64 + 0xfff) & !0xfff;
-        mem.map(0x400000, 0x400000 + len.max(0x1000), PROT_READ | PROT_EXEC, "code");
+        mem.map(
+            0x400000,
+            0x400000 + len.max(0x1000),
+            PROT_READ | PROT_EXEC,
+            "code",
+        );
         mem.poke(0x400000, code);
         mem.map(0x600000, 0x610000, PROT_READ | PROT_WRITE, "data");
         mem.map(0x7ff0_0000, 0x8000_0000, PROT_READ | PROT_WRITE, "[stack]");
@@ -222,7 +242,11 @@ impl Machine {
             if ins.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
                 // The instruction runs into a page we may not execute.
                 if out.is_empty() {
-                    return Err(Ex::Fault(crate::mem::Fault { addr: rip + n as u64, write: false, protection: false }));
+                    return Err(Ex::Fault(crate::mem::Fault {
+                        addr: rip + n as u64,
+                        write: false,
+                        protection: false,
+                    }));
                 }
                 break;
             }
@@ -232,7 +256,11 @@ impl Machine {
             }
         }
         if out.is_empty() {
-            return Err(Ex::Fault(crate::mem::Fault { addr: rip, write: false, protection: false }));
+            return Err(Ex::Fault(crate::mem::Fault {
+                addr: rip,
+                write: false,
+                protection: false,
+            }));
         }
         let last = out.last().map(|o| o.ins.next_ip() - 1).unwrap_or(rip);
         let block: Block = out.into();

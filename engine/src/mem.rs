@@ -146,8 +146,16 @@ impl Memory {
 
     fn check(&self, addr: u64, need: u8, write: bool) -> Result<(), Fault> {
         match self.vma_at(addr) {
-            None => Err(Fault { addr, write, protection: false }),
-            Some((_, v)) if v.prot & need != need => Err(Fault { addr, write, protection: true }),
+            None => Err(Fault {
+                addr,
+                write,
+                protection: false,
+            }),
+            Some((_, v)) if v.prot & need != need => Err(Fault {
+                addr,
+                write,
+                protection: true,
+            }),
             Some(_) => Ok(()),
         }
     }
@@ -195,7 +203,11 @@ impl Memory {
         let last = addr.wrapping_add(data.len() as u64 - 1);
         for pn in [addr >> 12, last >> 12] {
             if self.tlb.wtag[pn as usize % TLB_SIZE] != pn {
-                self.check(if pn == addr >> 12 { addr } else { pn << 12 }, PROT_WRITE, true)?;
+                self.check(
+                    if pn == addr >> 12 { addr } else { pn << 12 },
+                    PROT_WRITE,
+                    true,
+                )?;
             }
         }
         for (k, b) in data.iter().enumerate() {
@@ -270,7 +282,11 @@ impl Memory {
             let a = addr + n as u64;
             if self.check(a, PROT_EXEC, false).is_err() {
                 if n == 0 {
-                    return Err(Fault { addr: a, write: false, protection: self.vma_at(a).is_some() });
+                    return Err(Fault {
+                        addr: a,
+                        write: false,
+                        protection: self.vma_at(a).is_some(),
+                    });
                 }
                 break;
             }
@@ -302,7 +318,14 @@ impl Memory {
     /// Adds a mapping `[start, end)`, replacing whatever was there.
     pub fn map(&mut self, start: u64, end: u64, prot: u8, name: &str) {
         self.unmap(start, end);
-        self.vmas.insert(start, Vma { end, prot, name: name.to_string() });
+        self.vmas.insert(
+            start,
+            Vma {
+                end,
+                prot,
+                name: name.to_string(),
+            },
+        );
         self.merge_around(start);
     }
 
@@ -343,7 +366,9 @@ impl Memory {
     }
 
     fn split_at(&mut self, addr: u64) {
-        let Some((start, v)) = self.vma_at(addr).map(|(s, v)| (s, v.clone())) else { return };
+        let Some((start, v)) = self.vma_at(addr).map(|(s, v)| (s, v.clone())) else {
+            return;
+        };
         if start < addr {
             self.vmas.get_mut(&start).expect("vma present").end = addr;
             self.vmas.insert(addr, v);

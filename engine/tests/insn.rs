@@ -3,7 +3,13 @@ use fx86_engine::host::StdHost;
 use fx86_engine::Machine;
 
 fn run(code: &[u8], setup: impl FnOnce(&mut Machine)) -> Machine {
-    let mut m = Machine::bare(code, Box::new(StdHost { capture: Some(Vec::new()), ..Default::default() }));
+    let mut m = Machine::bare(
+        code,
+        Box::new(StdHost {
+            capture: Some(Vec::new()),
+            ..Default::default()
+        }),
+    );
     setup(&mut m);
     let n = code.len() as u64; // upper bound on instruction count
     let _ = m.run(n);

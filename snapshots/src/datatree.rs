@@ -25,7 +25,12 @@ pub enum FileKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     /// A present object: kind, permission bits, contents (link target for symlinks).
-    Present { kind: FileKind, mode: u32, data: Arc<Vec<u8>>, ino: u64 },
+    Present {
+        kind: FileKind,
+        mode: u32,
+        data: Arc<Vec<u8>>,
+        ino: u64,
+    },
     /// The guest deleted (or renamed away) what was here; the host's object is hidden.
     Whiteout,
 }
@@ -40,7 +45,10 @@ pub struct DataTree {
 impl DataTree {
     /// An empty overlay.
     pub fn new() -> Self {
-        DataTree { entries: Arc::new(BTreeMap::new()), next_ino: 1 << 20 }
+        DataTree {
+            entries: Arc::new(BTreeMap::new()),
+            next_ino: 1 << 20,
+        }
     }
 
     /// The overlay's entry for `path`, if any.
@@ -61,7 +69,11 @@ impl DataTree {
 
     /// Entries directly under directory `dir` (absolute, without trailing slash).
     pub fn children<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a Node)> + 'a {
-        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        let prefix = if dir == "/" {
+            "/".to_string()
+        } else {
+            format!("{dir}/")
+        };
         let start = prefix.clone();
         let skip = prefix.len();
         self.entries
@@ -80,7 +92,11 @@ impl DataTree {
     /// Every entry under `dir` (recursively), for renames of directories.
     pub fn paths_under(&self, dir: &str) -> Vec<String> {
         let prefix = format!("{dir}/");
-        self.entries.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect()
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Feeds the whole overlay into a hasher, in path order.
@@ -92,7 +108,12 @@ impl DataTree {
                 Node::Whiteout => {
                     h.update(&[0]);
                 }
-                Node::Present { kind, mode, data, ino } => {
+                Node::Present {
+                    kind,
+                    mode,
+                    data,
+                    ino,
+                } => {
                     h.update(&[1 + *kind as u8]);
                     h.update(&mode.to_le_bytes());
                     h.update(&ino.to_le_bytes());
@@ -111,7 +132,12 @@ mod tests {
     #[test]
     fn children_lists_one_level() {
         let mut t = DataTree::new();
-        let f = |b: &[u8]| Node::Present { kind: FileKind::File, mode: 0o644, data: Arc::new(b.to_vec()), ino: 1 };
+        let f = |b: &[u8]| Node::Present {
+            kind: FileKind::File,
+            mode: 0o644,
+            data: Arc::new(b.to_vec()),
+            ino: 1,
+        };
         t.set("/tmp/a", f(b"1"));
         t.set("/tmp/b/c", f(b"2"));
         t.set("/tmpx", f(b"3"));

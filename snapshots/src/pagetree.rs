@@ -20,13 +20,19 @@ pub struct Page {
 impl Clone for Page {
     fn clone(&self) -> Self {
         // The copy is about to be written, so its hash is not carried over.
-        Page { data: self.data, hash: OnceLock::new() }
+        Page {
+            data: self.data,
+            hash: OnceLock::new(),
+        }
     }
 }
 
 impl Page {
     fn zeroed() -> Self {
-        Page { data: [0; PAGE_SIZE], hash: OnceLock::new() }
+        Page {
+            data: [0; PAGE_SIZE],
+            hash: OnceLock::new(),
+        }
     }
     /// The page's bytes.
     pub fn data(&self) -> &[u8; PAGE_SIZE] {
@@ -39,7 +45,9 @@ impl Page {
     }
     /// blake3 of the page's bytes, computed once per version of the page.
     pub fn hash(&self) -> [u8; 32] {
-        *self.hash.get_or_init(|| *blake3::hash(&self.data).as_bytes())
+        *self
+            .hash
+            .get_or_init(|| *blake3::hash(&self.data).as_bytes())
     }
 }
 
@@ -71,7 +79,9 @@ pub struct PageTree {
 
 impl Default for PageTree {
     fn default() -> Self {
-        PageTree { root: Arc::new(Node::new(LEVELS - 1)) }
+        PageTree {
+            root: Arc::new(Node::new(LEVELS - 1)),
+        }
     }
 }
 
@@ -158,7 +168,9 @@ impl PageTree {
     /// not copied.
     pub fn move_range(&mut self, from: u64, to: u64, count: u64) {
         let mut moved = Vec::new();
-        self.for_each_in(from, from + count, |pn, p| moved.push((pn - from, p.clone())));
+        self.for_each_in(from, from + count, |pn, p| {
+            moved.push((pn - from, p.clone()))
+        });
         self.remove_range(from, from + count);
         self.remove_range(to, to + count);
         for (off, p) in moved {

@@ -10,7 +10,9 @@ pub fn fx86() -> Command {
 }
 
 pub fn guest_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/guests")
+        .join(name)
 }
 
 /// Builds `src` (under tests/guests or demo-guests) with `cc` ("gcc", "musl-gcc", "g++") at
@@ -19,7 +21,11 @@ pub fn build(src: &Path, cc: &str, opt: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
     std::fs::create_dir_all(&dir).expect("create guest dir");
     let stem = src.file_stem().expect("stem").to_string_lossy();
-    let out = dir.join(format!("{stem}-{}-{}", cc.replace('+', "x"), opt.trim_start_matches('-')));
+    let out = dir.join(format!(
+        "{stem}-{}-{}",
+        cc.replace('+', "x"),
+        opt.trim_start_matches('-')
+    ));
     let fresh = match (std::fs::metadata(&out), std::fs::metadata(src)) {
         (Ok(o), Ok(s)) => o.modified().ok() >= s.modified().ok(),
         _ => false,
@@ -43,7 +49,9 @@ pub fn build(src: &Path, cc: &str, opt: &str) -> PathBuf {
 /// Runs a command with stdin from `input`, returning its output.
 pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
     use std::io::Write;
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut stdin = child.stdin.take().expect("stdin");
     let data = input.to_vec();
@@ -58,7 +66,9 @@ pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
 /// Exit status as a shell reports it (128+signal when killed).
 pub fn status_code(o: &Output) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
+    o.status
+        .code()
+        .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
 }
 
 /// Runs `bin args` natively and under `fx86 run`, asserting identical stdout and status.
@@ -77,7 +87,12 @@ pub fn assert_same_as_native(bin: &Path, args: &[&str], input: &[u8]) -> Output 
         args,
         String::from_utf8_lossy(&emu.stderr)
     );
-    assert_eq!(status_code(&emu), status_code(&native), "exit status differs for {}", bin.display());
+    assert_eq!(
+        status_code(&emu),
+        status_code(&native),
+        "exit status differs for {}",
+        bin.display()
+    );
     emu
 }
 

@@ -7,7 +7,7 @@ use crate::machine::Machine;
 use iced_x86::{Code, Instruction, Mnemonic as M, OpKind, Register};
 
 fn parity(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 /// SF, ZF, PF of a result.
@@ -113,7 +113,9 @@ impl Machine {
                 let a = self.rd(i, 0, bits)?;
                 self.wr(i, 0, bits, !a & mask(bits))
             }
-            M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => self.shift(i, m),
+            M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => {
+                self.shift(i, m)
+            }
             M::Shld | M::Shrd => self.shift_double(i, m),
             M::Mul | M::Imul if i.op_count() == 1 => self.mul1(i, m == M::Imul),
             M::Imul => {
@@ -149,12 +151,20 @@ impl Machine {
                 Ok(())
             }
             M::Cwd => {
-                let v = if self.cpu.gpr[RAX] & 0x8000 != 0 { 0xffff } else { 0 };
+                let v = if self.cpu.gpr[RAX] & 0x8000 != 0 {
+                    0xffff
+                } else {
+                    0
+                };
                 self.set_reg(Register::DX, v);
                 Ok(())
             }
             M::Cdq => {
-                self.cpu.gpr[RDX] = if self.cpu.gpr[RAX] & 0x8000_0000 != 0 { 0xffff_ffff } else { 0 };
+                self.cpu.gpr[RDX] = if self.cpu.gpr[RAX] & 0x8000_0000 != 0 {
+                    0xffff_ffff
+                } else {
+                    0
+                };
                 Ok(())
             }
             M::Cqo => {
@@ -211,7 +221,8 @@ impl Machine {
                     };
                     self.set_reg(r, d);
                 }
-                self.cpu.set_lazy(LazyOp::Sub, bits, acc, d, acc.wrapping_sub(d) & mask(bits));
+                self.cpu
+                    .set_lazy(LazyOp::Sub, bits, acc, d, acc.wrapping_sub(d) & mask(bits));
                 Ok(())
             }
             M::Cmpxchg8b | M::Cmpxchg16b => {
@@ -223,7 +234,8 @@ impl Machine {
                     let cur = self.mem.read_u128(a)?;
                     let exp = (self.cpu.gpr[RDX] as u128) << 64 | self.cpu.gpr[RAX] as u128;
                     if cur == exp {
-                        let new = (self.cpu.gpr[crate::cpu::RCX] as u128) << 64 | self.cpu.gpr[RBX] as u128;
+                        let new = (self.cpu.gpr[crate::cpu::RCX] as u128) << 64
+                            | self.cpu.gpr[RBX] as u128;
                         self.mem.write_u128(a, new)?;
                     } else {
                         self.mem.write_u128(a, cur)?;
@@ -233,7 +245,8 @@ impl Machine {
                     self.set_zf(cur == exp);
                 } else {
                     let cur = self.mem.read_u64(a)?;
-                    let exp = (self.cpu.gpr[RDX] & 0xffff_ffff) << 32 | (self.cpu.gpr[RAX] & 0xffff_ffff);
+                    let exp =
+                        (self.cpu.gpr[RDX] & 0xffff_ffff) << 32 | (self.cpu.gpr[RAX] & 0xffff_ffff);
                     if cur == exp {
                         let new = (self.cpu.gpr[crate::cpu::RCX] & 0xffff_ffff) << 32
                             | (self.cpu.gpr[RBX] & 0xffff_ffff);
@@ -250,7 +263,11 @@ impl Machine {
             M::Bswap => {
                 let r = i.op0_register();
                 let v = self.get_reg(r);
-                let nv = if r.size() == 8 { v.swap_bytes() } else { (v as u32).swap_bytes() as u64 };
+                let nv = if r.size() == 8 {
+                    v.swap_bytes()
+                } else {
+                    (v as u32).swap_bytes() as u64
+                };
                 self.set_reg(r, nv);
                 Ok(())
             }
@@ -270,7 +287,8 @@ impl Machine {
                         63 - s.leading_zeros() as u64
                     };
                     self.set_reg(i.op0_register(), idx);
-                    self.cpu.set_rflags(f | if parity(idx) { fl::PF } else { 0 });
+                    self.cpu
+                        .set_rflags(f | if parity(idx) { fl::PF } else { 0 });
                 }
                 Ok(())
             }
@@ -281,8 +299,22 @@ impl Machine {
                 self.cpu.set_arith_flags(if s == 0 { fl::ZF } else { 0 });
                 Ok(())
             }
-            M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets
-            | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => {
+            M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg => {
                 let cc = (m as u32 - M::Seta as u32) as u8;
                 let _ = cc;
                 let v = self.cpu.cond(cc_of(i)) as u64;
@@ -308,7 +340,11 @@ impl Machine {
                 // The source is read (and may fault) whatever the condition.
                 let s = self.rd(i, 1, bits)?;
                 let r = i.op0_register();
-                let v = if self.cpu.cond(cc_of(i)) { s } else { self.get_reg(r) };
+                let v = if self.cpu.cond(cc_of(i)) {
+                    s
+                } else {
+                    self.get_reg(r)
+                };
                 self.set_reg(r, v);
                 Ok(())
             }
@@ -334,7 +370,8 @@ impl Machine {
             }
             M::Cld | M::Std => {
                 let f = self.cpu.rflags();
-                self.cpu.set_rflags(if m == M::Cld { f & !fl::DF } else { f | fl::DF });
+                self.cpu
+                    .set_rflags(if m == M::Cld { f & !fl::DF } else { f | fl::DF });
                 Ok(())
             }
             M::Xlatb => {
@@ -349,13 +386,18 @@ impl Machine {
 
     fn set_zf(&mut self, z: bool) {
         let f = self.cpu.rflags();
-        self.cpu.set_rflags(if z { f | fl::ZF } else { f & !fl::ZF });
+        self.cpu
+            .set_rflags(if z { f | fl::ZF } else { f & !fl::ZF });
     }
 
     fn shift(&mut self, i: &Instruction, m: M) -> R<()> {
         let bits = Self::op_bits(i, 0);
         let a = self.rd(i, 0, bits)?;
-        let raw = if i.op_count() == 1 { 1 } else { self.rd(i, 1, 8)? };
+        let raw = if i.op_count() == 1 {
+            1
+        } else {
+            self.rd(i, 1, 8)?
+        };
         let cnt = (raw & if bits == 64 { 63 } else { 31 }) as u32;
         if cnt == 0 {
             // The destination is still written (a 32-bit register is zero-extended).
@@ -368,12 +410,20 @@ impl Machine {
         let (res, cf, of) = match m {
             M::Shl | M::Sal => {
                 let res = if cnt >= bits { 0 } else { (a << cnt) & mk };
-                let cf = if cnt > bits { false } else { (a >> (bits - cnt)) & 1 != 0 };
+                let cf = if cnt > bits {
+                    false
+                } else {
+                    (a >> (bits - cnt)) & 1 != 0
+                };
                 (res, cf, msb(res) ^ cf)
             }
             M::Shr => {
                 let res = if cnt >= bits { 0 } else { a >> cnt };
-                let cf = if cnt > bits { false } else { (a >> (cnt - 1)) & 1 != 0 };
+                let cf = if cnt > bits {
+                    false
+                } else {
+                    (a >> (cnt - 1)) & 1 != 0
+                };
                 (res, cf, msb(a))
             }
             M::Sar => {
@@ -384,13 +434,21 @@ impl Machine {
             }
             M::Rol => {
                 let c = cnt % bits;
-                let res = if c == 0 { a } else { ((a << c) | (a >> (bits - c))) & mk };
+                let res = if c == 0 {
+                    a
+                } else {
+                    ((a << c) | (a >> (bits - c))) & mk
+                };
                 let cf = res & 1 != 0;
                 (res, cf, msb(res) ^ cf)
             }
             M::Ror => {
                 let c = cnt % bits;
-                let res = if c == 0 { a } else { ((a >> c) | (a << (bits - c))) & mk };
+                let res = if c == 0 {
+                    a
+                } else {
+                    ((a >> c) | (a << (bits - c))) & mk
+                };
                 (res, msb(res), msb(res) ^ ((res >> (bits - 2)) & 1 != 0))
             }
             M::Rcl => {
@@ -441,7 +499,11 @@ impl Machine {
         let bits = Self::op_bits(i, 0);
         let a = self.rd(i, 0, bits)?;
         let b = self.rd(i, 1, bits)?;
-        let raw = if i.op2_kind() == OpKind::Register { self.get_reg(i.op2_register()) } else { i.immediate(2) };
+        let raw = if i.op2_kind() == OpKind::Register {
+            self.get_reg(i.op2_register())
+        } else {
+            i.immediate(2)
+        };
         let cnt = (raw & if bits == 64 { 63 } else { 31 }) as u32;
         if cnt == 0 {
             return self.wr(i, 0, bits, a);
@@ -456,7 +518,11 @@ impl Machine {
             } else {
                 (((a as u128) << bits) | b as u128, 2 * bits)
             };
-            let shifted = if total >= 128 { wide << cnt } else { (wide << cnt) & ((1u128 << total) - 1) };
+            let shifted = if total >= 128 {
+                wide << cnt
+            } else {
+                (wide << cnt) & ((1u128 << total) - 1)
+            };
             let res = ((shifted >> (total - bits)) as u64) & mk;
             let cf = (wide >> (total - cnt)) & 1 != 0;
             (res, cf)
@@ -527,7 +593,10 @@ impl Machine {
         let (lo, hi) = if bits == 8 {
             (self.cpu.gpr[RAX] & 0xff, (self.cpu.gpr[RAX] >> 8) & 0xff)
         } else {
-            (self.cpu.gpr[RAX] & mask(bits), self.cpu.gpr[RDX] & mask(bits))
+            (
+                self.cpu.gpr[RAX] & mask(bits),
+                self.cpu.gpr[RDX] & mask(bits),
+            )
         };
         let n = ((hi as u128) << bits) | lo as u128;
         let (q, r) = if signed {
@@ -572,7 +641,9 @@ impl Machine {
             // A register bit offset addresses a bit string: signed, unbounded.
             let so = sext(off, bits) as i64;
             let unit = bits as i64;
-            let a = self.ea(i).wrapping_add(((so.div_euclid(unit)) * (unit / 8)) as u64);
+            let a = self
+                .ea(i)
+                .wrapping_add(((so.div_euclid(unit)) * (unit / 8)) as u64);
             (self.mread(a, bits)?, so.rem_euclid(unit) as u32, Some(a))
         } else {
             let bit = (off % bits as u64) as u32;
@@ -592,7 +663,8 @@ impl Machine {
             }
         }
         let f = self.cpu.rflags();
-        self.cpu.set_rflags(if cf { f | fl::CF } else { f & !fl::CF });
+        self.cpu
+            .set_rflags(if cf { f | fl::CF } else { f & !fl::CF });
         Ok(())
     }
 }

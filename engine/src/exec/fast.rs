@@ -80,7 +80,11 @@ pub(crate) fn mem_ref(i: &Instruction) -> MemRef {
     let base = i.memory_base();
     let index = i.memory_index();
     MemRef {
-        base: if base == Register::RIP || base == Register::EIP { 16 } else { reg_no(base) },
+        base: if base == Register::RIP || base == Register::EIP {
+            16
+        } else {
+            reg_no(base)
+        },
         index: reg_no(index),
         scale: i.memory_index_scale() as u8,
         seg: match i.segment_prefix() {
@@ -170,7 +174,14 @@ impl Machine {
     }
 
     #[inline(always)]
-    pub(crate) fn alu_fast(&mut self, op: AluOp, a_o: Opnd, b_o: Opnd, m: &MemRef, bits: u32) -> R<()> {
+    pub(crate) fn alu_fast(
+        &mut self,
+        op: AluOp,
+        a_o: Opnd,
+        b_o: Opnd,
+        m: &MemRef,
+        bits: u32,
+    ) -> R<()> {
         let a = self.rd_fast(a_o, m, bits)?;
         let b = self.rd_fast(b_o, m, bits)?;
         let mk = mask(bits);

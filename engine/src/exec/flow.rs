@@ -26,7 +26,9 @@ impl Machine {
     /// Target of a branch: relative (immediate) or indirect (register/memory).
     fn branch_target(&mut self, i: &Instruction) -> R<u64> {
         match i.op0_kind() {
-            OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16 => Ok(i.near_branch_target()),
+            OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16 => {
+                Ok(i.near_branch_target())
+            }
             _ => {
                 let bits = Self::op_bits(i, 0);
                 self.rd(i, 0, bits)
@@ -55,7 +57,11 @@ impl Machine {
                 Ok(())
             }
             M::Jrcxz | M::Jecxz => {
-                let c = if m == M::Jrcxz { self.cpu.gpr[RCX] } else { self.cpu.gpr[RCX] & 0xffff_ffff };
+                let c = if m == M::Jrcxz {
+                    self.cpu.gpr[RCX]
+                } else {
+                    self.cpu.gpr[RCX] & 0xffff_ffff
+                };
                 if c == 0 {
                     self.cpu.rip = i.near_branch_target();
                 }
@@ -110,7 +116,8 @@ impl Machine {
             }
             M::Popfq | M::Popf => {
                 let v = self.pop64()?;
-                let changeable = fl::ARITH | fl::TF | fl::DF | fl::OF | fl::AC | fl::ID | (3 << 12) | fl::IF;
+                let changeable =
+                    fl::ARITH | fl::TF | fl::DF | fl::OF | fl::AC | fl::ID | (3 << 12) | fl::IF;
                 let user = fl::ARITH | fl::DF | fl::AC | fl::ID;
                 let _ = changeable;
                 let f = self.cpu.rflags();

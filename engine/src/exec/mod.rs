@@ -90,16 +90,28 @@ pub(crate) struct Op {
 impl Op {
     pub(crate) fn new(ins: Instruction) -> Op {
         let mut fam = Machine::classify(&ins);
-        let bits = if ins.op_count() > 0 { Machine::op_bits(&ins, 0).min(255) as u8 } else { 0 };
+        let bits = if ins.op_count() > 0 {
+            Machine::op_bits(&ins, 0).min(255) as u8
+        } else {
+            0
+        };
         let a = fast::resolve(&ins, 0);
         let b = fast::resolve(&ins, 1);
         let has_mem = a == fast::Opnd::Mem || b == fast::Opnd::Mem;
-        let m = if has_mem || ins.mnemonic() == Mnemonic::Lea { fast::mem_ref(&ins) } else { fast::MemRef::default() };
-        let simple = a != fast::Opnd::None && (ins.op_count() < 2 || b != fast::Opnd::None) && ins.op_count() <= 2;
+        let m = if has_mem || ins.mnemonic() == Mnemonic::Lea {
+            fast::mem_ref(&ins)
+        } else {
+            fast::MemRef::default()
+        };
+        let simple = a != fast::Opnd::None
+            && (ins.op_count() < 2 || b != fast::Opnd::None)
+            && ins.op_count() <= 2;
         if fam == Family::Alu && simple {
             if let Some(op) = fast::alu_op(ins.mnemonic()) {
                 fam = Family::Alu2(op);
-            } else if ins.mnemonic() == Mnemonic::Lea && matches!(a, fast::Opnd::R64(_) | fast::Opnd::R32(_)) {
+            } else if ins.mnemonic() == Mnemonic::Lea
+                && matches!(a, fast::Opnd::R64(_) | fast::Opnd::R32(_))
+            {
                 fam = Family::Lea;
             }
         }
@@ -113,14 +125,25 @@ impl Op {
                 _ => {}
             }
         }
-        if fam == Family::Flow && ins.mnemonic() == Mnemonic::Call && ins.op0_kind() == OpKind::NearBranch64 {
+        if fam == Family::Flow
+            && ins.mnemonic() == Mnemonic::Call
+            && ins.op0_kind() == OpKind::NearBranch64
+        {
             fam = Family::Call;
         }
         if fam == Family::Flow && ins.mnemonic() == Mnemonic::Ret && ins.op_count() == 0 {
             fam = Family::Ret;
         }
         let cc = alu::cc_of(&ins);
-        Op { ins, fam, bits, a, b, m, cc }
+        Op {
+            ins,
+            fam,
+            bits,
+            a,
+            b,
+            m,
+            cc,
+        }
     }
 }
 
@@ -188,7 +211,9 @@ impl Machine {
             Some(Gpr::D32(i)) => self.cpu.gpr[i] = v & 0xffff_ffff,
             Some(Gpr::W16(i)) => self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xffff) | (v & 0xffff),
             Some(Gpr::Low8(i)) => self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xff) | (v & 0xff),
-            Some(Gpr::High8(i)) => self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xff00) | ((v & 0xff) << 8),
+            Some(Gpr::High8(i)) => {
+                self.cpu.gpr[i] = (self.cpu.gpr[i] & !0xff00) | ((v & 0xff) << 8)
+            }
             None => {}
         }
     }
@@ -203,7 +228,10 @@ impl Machine {
         }
         let idx = i.memory_index();
         if idx != Register::None {
-            a = a.wrapping_add(self.get_reg(idx).wrapping_mul(i.memory_index_scale() as u64));
+            a = a.wrapping_add(
+                self.get_reg(idx)
+                    .wrapping_mul(i.memory_index_scale() as u64),
+            );
         }
         if base.is_gpr32() || idx.is_gpr32() || base == Register::EIP {
             a &= 0xffff_ffff;
@@ -411,11 +439,32 @@ impl Machine {
             | M::Cld
             | M::Std
             | M::Xlatb => Family::Alu,
-            M::Movsb | M::Movsw | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
-            | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd
+            M::Movsb
+            | M::Movsw
+            | M::Movsq
+            | M::Stosb
+            | M::Stosw
+            | M::Stosd
+            | M::Stosq
+            | M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Lodsq
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsq
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
             | M::Scasq => Family::String,
-            M::Movsd if i.op0_kind() == OpKind::MemoryESRDI || i.op0_kind() == OpKind::MemoryESEDI => Family::String,
-            M::Cmpsd if i.op0_kind() == OpKind::MemorySegRSI || i.op0_kind() == OpKind::MemorySegESI => {
+            M::Movsd
+                if i.op0_kind() == OpKind::MemoryESRDI || i.op0_kind() == OpKind::MemoryESEDI =>
+            {
+                Family::String
+            }
+            M::Cmpsd
+                if i.op0_kind() == OpKind::MemorySegRSI || i.op0_kind() == OpKind::MemorySegESI =>
+            {
                 Family::String
             }
             M::Jmp
@@ -452,8 +501,19 @@ impl Machine {
             | M::Enter => Family::Flow,
             // CET instructions live in the hint-NOP space: without CET (fx86 has none) they do nothing.
             M::Rdsspd | M::Rdsspq | M::Incsspd | M::Incsspq => Family::Nop,
-            M::Nop | M::Endbr64 | M::Endbr32 | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta
-            | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush => Family::Nop,
+            M::Nop
+            | M::Endbr64
+            | M::Endbr32
+            | M::Pause
+            | M::Lfence
+            | M::Mfence
+            | M::Sfence
+            | M::Prefetchnta
+            | M::Prefetcht0
+            | M::Prefetcht1
+            | M::Prefetcht2
+            | M::Prefetchw
+            | M::Clflush => Family::Nop,
             M::Syscall
             | M::Cpuid
             | M::Rdtsc
@@ -480,7 +540,6 @@ impl Machine {
         }
     }
 
-
     #[inline(always)]
     fn dispatch(&mut self, op: &Op, budget: u64) -> R<u64> {
         let i = &op.ins;
@@ -497,7 +556,9 @@ impl Machine {
                 self.wr_fast(op.a, &op.m, bits, v)?;
                 Ok(1)
             }
-            Family::Alu2(a) => self.alu_fast(a, op.a, op.b, &op.m, op.bits as u32).map(|_| 1),
+            Family::Alu2(a) => self
+                .alu_fast(a, op.a, op.b, &op.m, op.bits as u32)
+                .map(|_| 1),
             Family::Lea => {
                 let mut m = op.m;
                 m.seg = 0;

@@ -253,7 +253,11 @@ fn host_cvtsi2(double: bool, wide: bool, a: u128, v: u64, csr: u32) -> (u128, u3
 /// mantissa truncated to 12 bits, within the architectural error bound of 1.5 * 2^-12.
 fn approx(v: u32, sqrt: bool) -> u32 {
     let f = f32::from_bits(v);
-    let r = if sqrt { 1.0 / (f as f64).sqrt() } else { 1.0 / f as f64 } as f32;
+    let r = if sqrt {
+        1.0 / (f as f64).sqrt()
+    } else {
+        1.0 / f as f64
+    } as f32;
     if r.is_finite() && r != 0.0 {
         r.to_bits() & !0xfff
     } else {
@@ -269,10 +273,17 @@ fn lanes16(v: u128) -> [u16; 8] {
     o
 }
 fn from16(l: [u16; 8]) -> u128 {
-    l.iter().enumerate().fold(0u128, |acc, (k, &x)| acc | (x as u128) << (16 * k))
+    l.iter()
+        .enumerate()
+        .fold(0u128, |acc, (k, &x)| acc | (x as u128) << (16 * k))
 }
 fn lanes32(v: u128) -> [u32; 4] {
-    [v as u32, (v >> 32) as u32, (v >> 64) as u32, (v >> 96) as u32]
+    [
+        v as u32,
+        (v >> 32) as u32,
+        (v >> 64) as u32,
+        (v >> 96) as u32,
+    ]
 }
 fn from32(l: [u32; 4]) -> u128 {
     l[0] as u128 | (l[1] as u128) << 32 | (l[2] as u128) << 64 | (l[3] as u128) << 96
@@ -360,13 +371,17 @@ impl Machine {
         self.cpu.xmm[xmm(i.op0_register())]
     }
 
+    // Each arm runs in an immediately called closure so that `?` ends just that arm.
+    #[allow(clippy::redundant_closure_call)]
     pub(super) fn exec_sse(&mut self, i: &Instruction) -> Option<R<()>> {
         let m = i.mnemonic();
         let r = match m {
             M::Movaps | M::Movapd | M::Movdqa | M::Movntdq | M::Movntps | M::Movntpd => {
                 Some(self.xsrc(i, 1, true).and_then(|v| self.xdst(i, v, true)))
             }
-            M::Movups | M::Movupd | M::Movdqu => Some(self.xsrc(i, 1, false).and_then(|v| self.xdst(i, v, false))),
+            M::Movups | M::Movupd | M::Movdqu => {
+                Some(self.xsrc(i, 1, false).and_then(|v| self.xdst(i, v, false)))
+            }
             M::Movss | M::Movsd => Some((|| {
                 let lo = if m == M::Movss { LO32 } else { LO64 };
                 let v = self.xsrc(i, 1, false)?;
@@ -396,18 +411,31 @@ impl Machine {
                 if i.op0_kind() == OpKind::Memory {
                     let v = self.cpu.xmm[xmm(i.op1_register())];
                     let a = self.ea(i);
-                    self.mem.write_u64(a, if high { (v >> 64) as u64 } else { v as u64 })?;
+                    self.mem
+                        .write_u64(a, if high { (v >> 64) as u64 } else { v as u64 })?;
                     Ok(())
                 } else {
                     let v = self.xsrc(i, 1, false)? & LO64;
                     let d = self.x0(i);
-                    self.xdst(i, if high { (d & LO64) | v << 64 } else { (d & !LO64) | v }, false)
+                    self.xdst(
+                        i,
+                        if high {
+                            (d & LO64) | v << 64
+                        } else {
+                            (d & !LO64) | v
+                        },
+                        false,
+                    )
                 }
             })()),
             M::Movhlps | M::Movlhps => Some((|| {
                 let s = self.xsrc(i, 1, false)?;
                 let d = self.x0(i);
-                let v = if m == M::Movhlps { (d & !LO64) | (s >> 64) } else { (d & LO64) | (s << 64) };
+                let v = if m == M::Movhlps {
+                    (d & !LO64) | (s >> 64)
+                } else {
+                    (d & LO64) | (s << 64)
+                };
                 self.xdst(i, v, false)
             })()),
             M::Movmskps | M::Movmskpd | M::Pmovmskb => Some((|| {
@@ -424,8 +452,18 @@ impl Machine {
                 self.set_reg(i.op0_register(), v);
                 Ok(())
             })()),
-            M::Andps | M::Andpd | M::Pand | M::Andnps | M::Andnpd | M::Pandn | M::Orps | M::Orpd | M::Por | M::Xorps
-            | M::Xorpd | M::Pxor => Some((|| {
+            M::Andps
+            | M::Andpd
+            | M::Pand
+            | M::Andnps
+            | M::Andnpd
+            | M::Pandn
+            | M::Orps
+            | M::Orpd
+            | M::Por
+            | M::Xorps
+            | M::Xorpd
+            | M::Pxor => Some((|| {
                 let s = self.xsrc(i, 1, true)?;
                 let d = self.x0(i);
                 let v = match m {
@@ -504,7 +542,14 @@ impl Machine {
                 };
                 self.xdst(i, v, false)
             })()),
-            M::Psllw | M::Pslld | M::Psllq | M::Psrlw | M::Psrld | M::Psrlq | M::Psraw | M::Psrad
+            M::Psllw
+            | M::Pslld
+            | M::Psllq
+            | M::Psrlw
+            | M::Psrld
+            | M::Psrlq
+            | M::Psraw
+            | M::Psrad
                 if i.op1_kind() != OpKind::Register && i.op1_kind() != OpKind::Memory =>
             {
                 // Immediate count: same as the register form with the count in a register.
@@ -526,7 +571,13 @@ impl Machine {
                 let s = self.xsrc(i, 1, false)?;
                 let d = self.x0(i);
                 let double = matches!(m, M::Comisd | M::Ucomisd);
-                let (f, c) = host_comi(double, matches!(m, M::Ucomiss | M::Ucomisd), d, s, self.cpu.mxcsr);
+                let (f, c) = host_comi(
+                    double,
+                    matches!(m, M::Ucomiss | M::Ucomisd),
+                    d,
+                    s,
+                    self.cpu.mxcsr,
+                );
                 self.mxcsr_update(c)?;
                 self.cpu.set_arith_flags(f);
                 Ok(())
@@ -581,9 +632,10 @@ impl Machine {
             ($($mn:ident),*) => { match m { $(M::$mn => Some(Fp::$mn),)* _ => None } };
         }
         let fp = pick!(
-            Addss, Addsd, Addps, Addpd, Subss, Subsd, Subps, Subpd, Mulss, Mulsd, Mulps, Mulpd, Divss, Divsd, Divps,
-            Divpd, Minss, Minsd, Minps, Minpd, Maxss, Maxsd, Maxps, Maxpd, Sqrtss, Sqrtsd, Sqrtps, Sqrtpd, Cvtss2sd,
-            Cvtsd2ss, Cvtdq2ps, Cvtdq2pd, Cvtps2dq, Cvttps2dq, Cvtpd2dq, Cvttpd2dq, Cvtps2pd, Cvtpd2ps
+            Addss, Addsd, Addps, Addpd, Subss, Subsd, Subps, Subpd, Mulss, Mulsd, Mulps, Mulpd,
+            Divss, Divsd, Divps, Divpd, Minss, Minsd, Minps, Minpd, Maxss, Maxsd, Maxps, Maxpd,
+            Sqrtss, Sqrtsd, Sqrtps, Sqrtpd, Cvtss2sd, Cvtsd2ss, Cvtdq2ps, Cvtdq2pd, Cvtps2dq,
+            Cvttps2dq, Cvtpd2dq, Cvttpd2dq, Cvtps2pd, Cvtpd2ps
         );
         if let Some(op) = fp {
             return Some((|| {
@@ -599,11 +651,12 @@ impl Machine {
             ($($mn:ident),*) => { match m { $(M::$mn => Some(Int::$mn),)* _ => None } };
         }
         let int = pick_int!(
-            Paddb, Paddw, Paddd, Paddq, Psubb, Psubw, Psubd, Psubq, Paddsb, Paddsw, Paddusb, Paddusw, Psubsb, Psubsw,
-            Psubusb, Psubusw, Pmullw, Pmulhw, Pmulhuw, Pmuludq, Pmaddwd, Pavgb, Pavgw, Pminub, Pmaxub, Pminsw, Pmaxsw,
-            Psadbw, Pcmpeqb, Pcmpeqw, Pcmpeqd, Pcmpgtb, Pcmpgtw, Pcmpgtd, Packsswb, Packssdw, Packuswb, Punpcklbw,
-            Punpcklwd, Punpckldq, Punpcklqdq, Punpckhbw, Punpckhwd, Punpckhdq, Punpckhqdq, Psllw, Pslld, Psllq, Psrlw,
-            Psrld, Psrlq, Psraw, Psrad, Unpcklps, Unpckhps, Unpcklpd, Unpckhpd
+            Paddb, Paddw, Paddd, Paddq, Psubb, Psubw, Psubd, Psubq, Paddsb, Paddsw, Paddusb,
+            Paddusw, Psubsb, Psubsw, Psubusb, Psubusw, Pmullw, Pmulhw, Pmulhuw, Pmuludq, Pmaddwd,
+            Pavgb, Pavgw, Pminub, Pmaxub, Pminsw, Pmaxsw, Psadbw, Pcmpeqb, Pcmpeqw, Pcmpeqd,
+            Pcmpgtb, Pcmpgtw, Pcmpgtd, Packsswb, Packssdw, Packuswb, Punpcklbw, Punpcklwd,
+            Punpckldq, Punpcklqdq, Punpckhbw, Punpckhwd, Punpckhdq, Punpckhqdq, Psllw, Pslld,
+            Psllq, Psrlw, Psrld, Psrlq, Psraw, Psrad, Unpcklps, Unpckhps, Unpcklpd, Unpckhpd
         );
         if let Some(op) = int {
             return Some((|| {

@@ -17,17 +17,29 @@ impl Machine {
             _ => 64,
         };
         let step = (bits / 8) as u64;
-        let delta = if self.cpu.df() { step.wrapping_neg() } else { step };
+        let delta = if self.cpu.df() {
+            step.wrapping_neg()
+        } else {
+            step
+        };
         let rep = i.has_rep_prefix() || i.has_repne_prefix();
-        let addr32 = matches!(i.op0_kind(), iced_x86::OpKind::MemoryESEDI | iced_x86::OpKind::MemorySegESI)
-            || matches!(i.op1_kind(), iced_x86::OpKind::MemoryESEDI | iced_x86::OpKind::MemorySegESI);
+        let addr32 = matches!(
+            i.op0_kind(),
+            iced_x86::OpKind::MemoryESEDI | iced_x86::OpKind::MemorySegESI
+        ) || matches!(
+            i.op1_kind(),
+            iced_x86::OpKind::MemoryESEDI | iced_x86::OpKind::MemorySegESI
+        );
         let amask = if addr32 { 0xffff_ffff } else { u64::MAX };
         let src_base = match i.segment_prefix() {
             iced_x86::Register::FS => self.cpu.fs_base,
             iced_x86::Register::GS => self.cpu.gs_base,
             _ => 0,
         };
-        let cmp_like = matches!(m, M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq);
+        let cmp_like = matches!(
+            m,
+            M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
+        );
         let mut done = 0u64;
         loop {
             if rep && self.cpu.gpr[RCX] & amask == 0 {

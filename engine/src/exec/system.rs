@@ -53,7 +53,8 @@ impl Machine {
                 if a & 63 != 0 {
                     return Err(Ex::GeneralProtection);
                 }
-                let rfbm = ((self.cpu.gpr[RDX] << 32) | (self.cpu.gpr[RAX] & 0xffff_ffff)) & crate::cpuid::XCR0;
+                let rfbm = ((self.cpu.gpr[RDX] << 32) | (self.cpu.gpr[RAX] & 0xffff_ffff))
+                    & crate::cpuid::XCR0;
                 let img = self.fx_image();
                 let mut hdr = [0u8; 8];
                 self.mem.read_bytes(a + 512, &mut hdr)?;
@@ -75,7 +76,8 @@ impl Machine {
                 if a & 63 != 0 {
                     return Err(Ex::GeneralProtection);
                 }
-                let rfbm = ((self.cpu.gpr[RDX] << 32) | (self.cpu.gpr[RAX] & 0xffff_ffff)) & crate::cpuid::XCR0;
+                let rfbm = ((self.cpu.gpr[RDX] << 32) | (self.cpu.gpr[RAX] & 0xffff_ffff))
+                    & crate::cpuid::XCR0;
                 let mut area = [0u8; 576];
                 self.mem.read_bytes(a, &mut area)?;
                 let bv = u64::from_le_bytes(area[512..520].try_into().expect("8 bytes"));

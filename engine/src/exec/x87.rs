@@ -45,13 +45,25 @@ fn is_x87(m: M) -> bool {
 
 /// x87 instructions that do not first check for pending unmasked exceptions.
 fn no_wait(m: M) -> bool {
-    matches!(m, M::Fnstsw | M::Fnstcw | M::Fnclex | M::Fninit | M::Fnstenv | M::Fnsave | M::Fnop)
+    matches!(
+        m,
+        M::Fnstsw | M::Fnstcw | M::Fnclex | M::Fninit | M::Fnstenv | M::Fnsave | M::Fnop
+    )
 }
 
 fn stores_memory(m: M) -> bool {
     matches!(
         m,
-        M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fisttp | M::Fnstcw | M::Fnstsw | M::Fnstenv | M::Fnsave | M::Fbstp
+        M::Fst
+            | M::Fstp
+            | M::Fist
+            | M::Fistp
+            | M::Fisttp
+            | M::Fnstcw
+            | M::Fnstsw
+            | M::Fnstenv
+            | M::Fnsave
+            | M::Fbstp
     )
 }
 
@@ -68,7 +80,8 @@ unsafe impl Send for Arena {}
 
 const ARENA_SIZE: usize = 1 << 20;
 
-type Stub = unsafe extern "sysv64" fn(mem: *mut u8, guest: *mut u8, host: *mut u8, flags: u64) -> u64;
+type Stub =
+    unsafe extern "sysv64" fn(mem: *mut u8, guest: *mut u8, host: *mut u8, flags: u64) -> u64;
 
 fn stub_for(insn: &[u8]) -> Option<Stub> {
     static ARENA: OnceLock<Mutex<Option<Arena>>> = OnceLock::new();
@@ -114,11 +127,21 @@ fn stub_for(insn: &[u8]) -> Option<Stub> {
             unsafe {
                 let page = (a.base as usize + off) & !4095;
                 let end = (a.base as usize + off + code.len() + 4095) & !4095;
-                if libc::mprotect(page as *mut libc::c_void, end - page, libc::PROT_READ | libc::PROT_WRITE) != 0 {
+                if libc::mprotect(
+                    page as *mut libc::c_void,
+                    end - page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                ) != 0
+                {
                     return None;
                 }
                 std::ptr::copy_nonoverlapping(code.as_ptr(), a.base.add(off), code.len());
-                if libc::mprotect(page as *mut libc::c_void, end - page, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+                if libc::mprotect(
+                    page as *mut libc::c_void,
+                    end - page,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                ) != 0
+                {
                     return None;
                 }
             }
@@ -164,7 +187,11 @@ impl Machine {
         self.load_x87_from(img);
         self.cpu.mxcsr = mxcsr;
         for i in 0..16 {
-            self.cpu.xmm[i] = u128::from_le_bytes(img[160 + 16 * i..176 + 16 * i].try_into().expect("16 bytes"));
+            self.cpu.xmm[i] = u128::from_le_bytes(
+                img[160 + 16 * i..176 + 16 * i]
+                    .try_into()
+                    .expect("16 bytes"),
+            );
         }
         Ok(())
     }
@@ -207,8 +234,12 @@ impl Machine {
         let has_mem = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
         let mut buf = [0u8; 112];
         let mut addr = 0;
-        let size = if has_mem { i.memory_size().size().min(108) } else { 0 };
-        let mut enc = i.clone();
+        let size = if has_mem {
+            i.memory_size().size().min(108)
+        } else {
+            0
+        };
+        let mut enc = *i;
         if has_mem {
             addr = self.ea(i);
             if !stores_memory(m) {
@@ -231,7 +262,8 @@ impl Machine {
             return Err(self.illegal(i));
         }
         let bytes = e.take_buffer();
-        let stub = stub_for(&bytes).ok_or_else(|| Ex::Illegal("x87 stub arena unavailable".into()))?;
+        let stub =
+            stub_for(&bytes).ok_or_else(|| Ex::Illegal("x87 stub arena unavailable".into()))?;
         let mut guest = FxArea(self.fx_image());
         // The host FPU would report the stub's addresses here; the guest gets zeros.
         guest.0[6..24].fill(0);
@@ -240,7 +272,14 @@ impl Machine {
         // SAFETY: the stub only touches the three buffers passed (512-byte, 16-aligned areas
         // and a scratch buffer larger than any x87 memory operand) and the FPU/SSE state,
         // which it restores from `host` before returning.
-        let out_flags = unsafe { stub(buf.as_mut_ptr(), guest.0.as_mut_ptr(), host.0.as_mut_ptr(), gflags | 2) };
+        let out_flags = unsafe {
+            stub(
+                buf.as_mut_ptr(),
+                guest.0.as_mut_ptr(),
+                host.0.as_mut_ptr(),
+                gflags | 2,
+            )
+        };
         if stores_memory(m) && has_mem {
             if matches!(m, M::Fnstenv | M::Fnsave) {
                 buf[12..28].fill(0);
@@ -253,7 +292,8 @@ impl Machine {
         self.cpu.mxcsr = mxcsr;
         self.cpu.xmm = xmm;
         if matches!(m, M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip) {
-            self.cpu.set_arith_flags(out_flags & (fl::ZF | fl::PF | fl::CF));
+            self.cpu
+                .set_arith_flags(out_flags & (fl::ZF | fl::PF | fl::CF));
         }
         Ok(())
     }

@@ -48,7 +48,12 @@ pub struct Ofd {
 
 impl Ofd {
     pub fn new(kind: OfdKind, flags: i32) -> Ofd {
-        Ofd { kind, offset: 0, flags, buffer: Vec::new() }
+        Ofd {
+            kind,
+            offset: 0,
+            flags,
+            buffer: Vec::new(),
+        }
     }
 }
 
@@ -108,28 +113,57 @@ impl Machine {
     /// Metadata of `path` (no symlink following), from the data tree or the host.
     pub(crate) fn lookup(&mut self, path: &str) -> Option<Meta> {
         if let Some((_, rdev)) = device(path) {
-            return Some(Meta { kind: FileKind::CharDev, mode: 0o666, size: 0, ino: ino_of(path), rdev });
+            return Some(Meta {
+                kind: FileKind::CharDev,
+                mode: 0o666,
+                size: 0,
+                ino: ino_of(path),
+                rdev,
+            });
         }
         if path == "/proc/self/exe" || path == "/proc/self" {
-            return Some(Meta { kind: FileKind::Symlink, mode: 0o777, size: 0, ino: ino_of(path), rdev: 0 });
+            return Some(Meta {
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                size: 0,
+                ino: ino_of(path),
+                rdev: 0,
+            });
         }
         match self.kernel.data.get(path) {
             Some(Node::Whiteout) => None,
-            Some(Node::Present { kind, mode, data, ino }) => {
-                Some(Meta { kind: *kind, mode: *mode, size: data.len() as u64, ino: *ino, rdev: 0 })
-            }
+            Some(Node::Present {
+                kind,
+                mode,
+                data,
+                ino,
+            }) => Some(Meta {
+                kind: *kind,
+                mode: *mode,
+                size: data.len() as u64,
+                ino: *ino,
+                rdev: 0,
+            }),
             None => {
                 // A path under a directory the guest created exists only in the tree.
                 let p = parent(path).to_string();
                 if p != path {
-                    if let Some(Node::Present { .. }) | Some(Node::Whiteout) = self.kernel.data.get(&p) {
+                    if let Some(Node::Present { .. }) | Some(Node::Whiteout) =
+                        self.kernel.data.get(&p)
+                    {
                         if !self.host_has(&p) {
                             return None;
                         }
                     }
                 }
                 let st = self.host.lstat(path)?;
-                Some(Meta { kind: st.kind, mode: st.mode, size: st.size, ino: ino_of(path), rdev: 0 })
+                Some(Meta {
+                    kind: st.kind,
+                    mode: st.mode,
+                    size: st.size,
+                    ino: ino_of(path),
+                    rdev: 0,
+                })
             }
         }
     }
@@ -145,14 +179,23 @@ impl Machine {
             _ => {}
         }
         match self.kernel.data.get(path) {
-            Some(Node::Present { kind: FileKind::Symlink, data, .. }) => Some(data.to_vec()),
+            Some(Node::Present {
+                kind: FileKind::Symlink,
+                data,
+                ..
+            }) => Some(data.to_vec()),
             Some(_) => None,
             None => self.host.read_link(path),
         }
     }
 
     /// Turns a guest path into an absolute, normalised path, following symlinks.
-    pub(crate) fn resolve(&mut self, dirfd: i64, path: &[u8], follow_last: bool) -> Result<String, i64> {
+    pub(crate) fn resolve(
+        &mut self,
+        dirfd: i64,
+        path: &[u8],
+        follow_last: bool,
+    ) -> Result<String, i64> {
         if path.is_empty() {
             return Err(ENOENT);
         }
@@ -161,14 +204,30 @@ impl Machine {
         } else if dirfd == AT_FDCWD || dirfd as i32 == AT_FDCWD as i32 {
             self.kernel.cwd.clone()
         } else {
-            match self.kernel.fds.get(&(dirfd as i32)).and_then(|(id, _)| self.kernel.ofds.get(id)) {
-                Some(Ofd { kind: OfdKind::Dir(p, _), .. }) => p.clone(),
+            match self
+                .kernel
+                .fds
+                .get(&(dirfd as i32))
+                .and_then(|(id, _)| self.kernel.ofds.get(id))
+            {
+                Some(Ofd {
+                    kind: OfdKind::Dir(p, _),
+                    ..
+                }) => p.clone(),
                 Some(_) => return Err(ENOTDIR),
                 None => return Err(EBADF),
             }
         };
-        let mut todo: Vec<String> = String::from_utf8_lossy(path).split('/').rev().map(String::from).collect();
-        let mut parts: Vec<String> = base.split('/').filter(|s| !s.is_empty()).map(String::from).collect();
+        let mut todo: Vec<String> = String::from_utf8_lossy(path)
+            .split('/')
+            .rev()
+            .map(String::from)
+            .collect();
+        let mut parts: Vec<String> = base
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         let mut links = 0;
         let trailing_slash = path.ends_with(b"/");
         while let Some(comp) = todo.pop() {
@@ -212,7 +271,11 @@ impl Machine {
     /// Contents of a regular file, importing it from the host on first use.
     pub(crate) fn file_data(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
         match self.kernel.data.get(path) {
-            Some(Node::Present { kind: FileKind::File, data, .. }) => Some(data.clone()),
+            Some(Node::Present {
+                kind: FileKind::File,
+                data,
+                ..
+            }) => Some(data.clone()),
             Some(_) => None,
             None => {
                 let st = self.host.lstat(path)?;
@@ -223,7 +286,12 @@ impl Machine {
                 let data = Arc::new(bytes);
                 self.kernel.data.set(
                     path,
-                    Node::Present { kind: FileKind::File, mode: st.mode, data: data.clone(), ino: ino_of(path) },
+                    Node::Present {
+                        kind: FileKind::File,
+                        mode: st.mode,
+                        data: data.clone(),
+                        ino: ino_of(path),
+                    },
                 );
                 Some(data)
             }
@@ -232,15 +300,24 @@ impl Machine {
 
     fn dir_entries(&mut self, path: &str) -> Vec<(String, u8, u64)> {
         let mut names: std::collections::BTreeMap<String, (u8, u64)> = Default::default();
-        let from_tree_only = matches!(self.kernel.data.get(path), Some(Node::Present { .. })) && !self.host_has(path);
+        let from_tree_only = matches!(self.kernel.data.get(path), Some(Node::Present { .. }))
+            && !self.host_has(path);
         if !from_tree_only {
             for (n, k) in self.host.list_dir(path).unwrap_or_default() {
-                let full = if path == "/" { format!("/{n}") } else { format!("{path}/{n}") };
+                let full = if path == "/" {
+                    format!("/{n}")
+                } else {
+                    format!("{path}/{n}")
+                };
                 names.insert(n, (dt(k), ino_of(&full)));
             }
         }
-        let tree: Vec<(String, Node)> =
-            self.kernel.data.children(path).map(|(n, node)| (n.to_string(), node.clone())).collect();
+        let tree: Vec<(String, Node)> = self
+            .kernel
+            .data
+            .children(path)
+            .map(|(n, node)| (n.to_string(), node.clone()))
+            .collect();
         for (n, node) in tree {
             match node {
                 Node::Whiteout => {
@@ -251,7 +328,10 @@ impl Machine {
                 }
             }
         }
-        let mut v = vec![(".".to_string(), 4, ino_of(path)), ("..".to_string(), 4, ino_of(parent(path)))];
+        let mut v = vec![
+            (".".to_string(), 4, ino_of(path)),
+            ("..".to_string(), 4, ino_of(parent(path))),
+        ];
         v.extend(names.into_iter().map(|(n, (t, i))| (n, t, i)));
         v
     }
@@ -266,18 +346,30 @@ impl Machine {
         Ok(match kind {
             OfdKind::File(p) | OfdKind::Dir(p, _) => self.lookup(&p).ok_or(ENOENT)?,
             OfdKind::Stdin | OfdKind::Stdout | OfdKind::Stderr => Meta {
-                kind: if self.kernel.tty { FileKind::CharDev } else { FileKind::File },
+                kind: if self.kernel.tty {
+                    FileKind::CharDev
+                } else {
+                    FileKind::File
+                },
                 mode: if self.kernel.tty { 0o620 } else { 0o600 },
                 size: 0,
                 ino: 3 + fd,
                 rdev: if self.kernel.tty { 136 << 8 } else { 0 },
             },
-            OfdKind::Null | OfdKind::Zero | OfdKind::Random => {
-                Meta { kind: FileKind::CharDev, mode: 0o666, size: 0, ino: 10 + fd, rdev: 0x103 }
-            }
-            OfdKind::PipeRead(n) | OfdKind::PipeWrite(n) => {
-                Meta { kind: FileKind::File, mode: 0o600, size: 0, ino: 0x1000 + n, rdev: u64::MAX }
-            }
+            OfdKind::Null | OfdKind::Zero | OfdKind::Random => Meta {
+                kind: FileKind::CharDev,
+                mode: 0o666,
+                size: 0,
+                ino: 10 + fd,
+                rdev: 0x103,
+            },
+            OfdKind::PipeRead(n) | OfdKind::PipeWrite(n) => Meta {
+                kind: FileKind::File,
+                mode: 0o600,
+                size: 0,
+                ino: 0x1000 + n,
+                rdev: u64::MAX,
+            },
         })
     }
 
@@ -372,7 +464,9 @@ impl Machine {
                         return Ok(-EISDIR);
                     }
                     let entries = self.dir_entries(&path);
-                    let id = self.kernel.new_ofd(Ofd::new(OfdKind::Dir(path, entries), flags));
+                    let id = self
+                        .kernel
+                        .new_ofd(Ofd::new(OfdKind::Dir(path, entries), flags));
                     return Ok(self.kernel.install_fd(0, id, cloexec));
                 }
                 if flags & O_DIRECTORY != 0 {
@@ -413,7 +507,15 @@ impl Machine {
                 (mode.unwrap_or(0o644), ino)
             }
         };
-        self.kernel.data.set(path, Node::Present { kind: FileKind::File, mode: m, data: Arc::new(data), ino });
+        self.kernel.data.set(
+            path,
+            Node::Present {
+                kind: FileKind::File,
+                mode: m,
+                data: Arc::new(data),
+                ino,
+            },
+        );
     }
 
     /// Reads from an fd into host memory (up to `n` bytes at `off`, or the fd's offset).
@@ -462,7 +564,12 @@ impl Machine {
     fn fd_write(&mut self, fd: u64, data: &[u8], at: Option<u64>) -> Result<usize, i64> {
         let id = self.ofd_of(fd).ok_or(EBADF)?;
         let o = self.kernel.ofds.get(&id).cloned().ok_or(EBADF)?;
-        if o.flags & O_ACCMODE == 0 && !matches!(o.kind, OfdKind::Stdout | OfdKind::Stderr | OfdKind::PipeWrite(_)) {
+        if o.flags & O_ACCMODE == 0
+            && !matches!(
+                o.kind,
+                OfdKind::Stdout | OfdKind::Stderr | OfdKind::PipeWrite(_)
+            )
+        {
             return Err(EBADF);
         }
         match &o.kind {
@@ -474,7 +581,12 @@ impl Machine {
             OfdKind::PipeRead(_) => return Err(EBADF),
             OfdKind::PipeWrite(n) => {
                 let n = *n;
-                let reader = self.kernel.ofds.iter().find(|(_, o)| o.kind == OfdKind::PipeRead(n)).map(|(k, _)| *k);
+                let reader = self
+                    .kernel
+                    .ofds
+                    .iter()
+                    .find(|(_, o)| o.kind == OfdKind::PipeRead(n))
+                    .map(|(k, _)| *k);
                 match reader {
                     Some(r) => {
                         let o = self.kernel.ofds.get_mut(&r).ok_or(EBADF)?;
@@ -489,7 +601,11 @@ impl Machine {
             OfdKind::File(p) => {
                 let p = p.clone();
                 let mut cur = self.file_data(&p).map(|a| a.to_vec()).unwrap_or_default();
-                let off = if o.flags & O_APPEND != 0 { cur.len() } else { at.unwrap_or(o.offset) as usize };
+                let off = if o.flags & O_APPEND != 0 {
+                    cur.len()
+                } else {
+                    at.unwrap_or(o.offset) as usize
+                };
                 if off > (1 << 34) {
                     return Err(EINVAL);
                 }
@@ -522,16 +638,18 @@ impl Machine {
     }
 
     fn remove_path(&mut self, path: &str) {
-        let host = self.host_has(path);
-        if host {
-            self.kernel.data.set(path, Node::Whiteout);
-        } else {
-            self.kernel.data.set(path, Node::Whiteout);
-        }
+        // A whiteout hides the host's object (if any) and drops the guest's.
+        self.kernel.data.set(path, Node::Whiteout);
     }
 
     pub(super) fn sys_fs(&mut self, nr: u64) -> R<i64> {
-        let a = [self.arg(0), self.arg(1), self.arg(2), self.arg(3), self.arg(4)];
+        let a = [
+            self.arg(0),
+            self.arg(1),
+            self.arg(2),
+            self.arg(3),
+            self.arg(4),
+        ];
         macro_rules! tryp {
             ($e:expr) => {
                 match $e {
@@ -593,7 +711,11 @@ impl Machine {
                     332 => (a[0] as i32 as i64, a[1], a[4], a[2]),
                     _ => (a[0] as i32 as i64, a[1], a[2], a[3]),
                 };
-                let raw = if pa == 0 { Vec::new() } else { tryp!(self.path_arg(pa)?) };
+                let raw = if pa == 0 {
+                    Vec::new()
+                } else {
+                    tryp!(self.path_arg(pa)?)
+                };
                 let meta = if raw.is_empty() {
                     if flags & AT_EMPTY_PATH == 0 {
                         return Ok(-ENOENT);
@@ -650,7 +772,10 @@ impl Machine {
                 // ioctl
                 let id = tryp!(self.ofd_of(a[0]).ok_or(EBADF));
                 let is_term = self.kernel.tty
-                    && matches!(self.kernel.ofds[&id].kind, OfdKind::Stdin | OfdKind::Stdout | OfdKind::Stderr);
+                    && matches!(
+                        self.kernel.ofds[&id].kind,
+                        OfdKind::Stdin | OfdKind::Stdout | OfdKind::Stderr
+                    );
                 match a[1] {
                     0x5401 if is_term => {
                         // TCGETS: a cooked terminal.
@@ -677,7 +802,11 @@ impl Machine {
                 }
             }
             21 | 269 | 439 => {
-                let (dirfd, pa) = if nr == 21 { (AT_FDCWD, a[0]) } else { (a[0] as i32 as i64, a[1]) };
+                let (dirfd, pa) = if nr == 21 {
+                    (AT_FDCWD, a[0])
+                } else {
+                    (a[0] as i32 as i64, a[1])
+                };
                 let raw = tryp!(self.path_arg(pa)?);
                 let path = tryp!(self.resolve(dirfd, &raw, true));
                 match self.lookup(&path) {
@@ -688,8 +817,12 @@ impl Machine {
             22 | 293 => {
                 let flags = if nr == 293 { a[1] as i32 } else { 0 };
                 let n = self.kernel.ofds.len() as u64 + self.icount;
-                let r = self.kernel.new_ofd(Ofd::new(OfdKind::PipeRead(n), flags & !O_ACCMODE));
-                let w = self.kernel.new_ofd(Ofd::new(OfdKind::PipeWrite(n), (flags & !O_ACCMODE) | 1));
+                let r = self
+                    .kernel
+                    .new_ofd(Ofd::new(OfdKind::PipeRead(n), flags & !O_ACCMODE));
+                let w = self
+                    .kernel
+                    .new_ofd(Ofd::new(OfdKind::PipeWrite(n), (flags & !O_ACCMODE) | 1));
                 let ce = flags & O_CLOEXEC != 0;
                 let rfd = self.kernel.install_fd(0, r, ce);
                 let wfd = self.kernel.install_fd(0, w, ce);
@@ -758,7 +891,9 @@ impl Machine {
             72 => {
                 // fcntl
                 let fd = a[0] as i32;
-                let Some(&(id, ce)) = self.kernel.fds.get(&fd) else { return Ok(-EBADF) };
+                let Some(&(id, ce)) = self.kernel.fds.get(&fd) else {
+                    return Ok(-EBADF);
+                };
                 match a[1] {
                     0 | 1030 => self.kernel.install_fd(a[2] as i32, id, a[1] == 1030),
                     1 => ce as i64,
@@ -802,12 +937,18 @@ impl Machine {
             78 | 217 => {
                 let id = tryp!(self.ofd_of(a[0]).ok_or(EBADF));
                 let o = self.kernel.ofds[&id].clone();
-                let OfdKind::Dir(_, entries) = &o.kind else { return Ok(-ENOTDIR) };
+                let OfdKind::Dir(_, entries) = &o.kind else {
+                    return Ok(-ENOTDIR);
+                };
                 let mut out = Vec::new();
                 let mut idx = o.offset as usize;
                 while idx < entries.len() {
                     let (name, t, ino) = &entries[idx];
-                    let rec = if nr == 217 { (19 + name.len() + 1).next_multiple_of(8) } else { (18 + name.len() + 2).next_multiple_of(8) };
+                    let rec = if nr == 217 {
+                        (19 + name.len() + 1).next_multiple_of(8)
+                    } else {
+                        (18 + name.len() + 2).next_multiple_of(8)
+                    };
                     if out.len() + rec > a[2] as usize {
                         break;
                     }
@@ -873,7 +1014,9 @@ impl Machine {
                 let r2 = tryp!(self.path_arg(p2)?);
                 let from = tryp!(self.resolve(d1, &r1, false));
                 let to = tryp!(self.resolve(d2, &r2, false));
-                let Some(m) = self.lookup(&from) else { return Ok(-ENOENT) };
+                let Some(m) = self.lookup(&from) else {
+                    return Ok(-ENOENT);
+                };
                 if from == to {
                     return Ok(0);
                 }
@@ -884,7 +1027,11 @@ impl Machine {
                 0
             }
             83 | 258 => {
-                let (dirfd, pa, mode) = if nr == 83 { (AT_FDCWD, a[0], a[1]) } else { (a[0] as i32 as i64, a[1], a[2]) };
+                let (dirfd, pa, mode) = if nr == 83 {
+                    (AT_FDCWD, a[0], a[1])
+                } else {
+                    (a[0] as i32 as i64, a[1], a[2])
+                };
                 let raw = tryp!(self.path_arg(pa)?);
                 let path = tryp!(self.resolve(dirfd, &raw, false));
                 if self.lookup(&path).is_some() {
@@ -896,7 +1043,15 @@ impl Machine {
                 }
                 let ino = self.kernel.data.fresh_ino();
                 let mode = mode as u32 & !self.kernel.umask & 0o7777;
-                self.kernel.data.set(&path, Node::Present { kind: FileKind::Dir, mode, data: Arc::new(Vec::new()), ino });
+                self.kernel.data.set(
+                    &path,
+                    Node::Present {
+                        kind: FileKind::Dir,
+                        mode,
+                        data: Arc::new(Vec::new()),
+                        ino,
+                    },
+                );
                 0
             }
             84 | 87 | 263 => {
@@ -907,7 +1062,9 @@ impl Machine {
                 };
                 let raw = tryp!(self.path_arg(pa)?);
                 let path = tryp!(self.resolve(dirfd, &raw, false));
-                let Some(m) = self.lookup(&path) else { return Ok(-ENOENT) };
+                let Some(m) = self.lookup(&path) else {
+                    return Ok(-ENOENT);
+                };
                 if rmdir {
                     if m.kind != FileKind::Dir {
                         return Ok(-ENOTDIR);
@@ -922,8 +1079,11 @@ impl Machine {
                 0
             }
             86 | 265 => {
-                let (d1, p1, d2, p2) =
-                    if nr == 86 { (AT_FDCWD, a[0], AT_FDCWD, a[1]) } else { (a[0] as i32 as i64, a[1], a[2] as i32 as i64, a[3]) };
+                let (d1, p1, d2, p2) = if nr == 86 {
+                    (AT_FDCWD, a[0], AT_FDCWD, a[1])
+                } else {
+                    (a[0] as i32 as i64, a[1], a[2] as i32 as i64, a[3])
+                };
                 let r1 = tryp!(self.path_arg(p1)?);
                 let r2 = tryp!(self.path_arg(p2)?);
                 let from = tryp!(self.resolve(d1, &r1, false));
@@ -933,11 +1093,23 @@ impl Machine {
                 }
                 let data = tryp!(self.file_data(&from).ok_or(EPERM));
                 let m = tryp!(self.lookup(&from).ok_or(ENOENT));
-                self.kernel.data.set(&to, Node::Present { kind: FileKind::File, mode: m.mode, data, ino: m.ino });
+                self.kernel.data.set(
+                    &to,
+                    Node::Present {
+                        kind: FileKind::File,
+                        mode: m.mode,
+                        data,
+                        ino: m.ino,
+                    },
+                );
                 0
             }
             88 | 266 => {
-                let (target, dirfd, pa) = if nr == 88 { (a[0], AT_FDCWD, a[1]) } else { (a[0], a[1] as i32 as i64, a[2]) };
+                let (target, dirfd, pa) = if nr == 88 {
+                    (a[0], AT_FDCWD, a[1])
+                } else {
+                    (a[0], a[1] as i32 as i64, a[2])
+                };
                 let t = tryp!(self.path_arg(target)?);
                 let raw = tryp!(self.path_arg(pa)?);
                 let path = tryp!(self.resolve(dirfd, &raw, false));
@@ -945,12 +1117,23 @@ impl Machine {
                     return Ok(-EEXIST);
                 }
                 let ino = self.kernel.data.fresh_ino();
-                self.kernel.data.set(&path, Node::Present { kind: FileKind::Symlink, mode: 0o777, data: Arc::new(t), ino });
+                self.kernel.data.set(
+                    &path,
+                    Node::Present {
+                        kind: FileKind::Symlink,
+                        mode: 0o777,
+                        data: Arc::new(t),
+                        ino,
+                    },
+                );
                 0
             }
             89 | 267 => {
-                let (dirfd, pa, buf, len) =
-                    if nr == 89 { (AT_FDCWD, a[0], a[1], a[2]) } else { (a[0] as i32 as i64, a[1], a[2], a[3]) };
+                let (dirfd, pa, buf, len) = if nr == 89 {
+                    (AT_FDCWD, a[0], a[1], a[2])
+                } else {
+                    (a[0] as i32 as i64, a[1], a[2], a[3])
+                };
                 let raw = tryp!(self.path_arg(pa)?);
                 let path = tryp!(self.resolve(dirfd, &raw, false));
                 match self.lookup(&path) {
@@ -983,13 +1166,23 @@ impl Machine {
                     }
                 };
                 let mode = (if nr == 268 { a[2] } else { a[1] }) as u32 & 0o7777;
-                let Some(m) = self.lookup(&path) else { return Ok(-ENOENT) };
+                let Some(m) = self.lookup(&path) else {
+                    return Ok(-ENOENT);
+                };
                 let data = match m.kind {
                     FileKind::File => tryp!(self.file_data(&path).ok_or(ENOENT)),
                     FileKind::Dir => Arc::new(Vec::new()),
                     _ => return Ok(0),
                 };
-                self.kernel.data.set(&path, Node::Present { kind: m.kind, mode, data, ino: m.ino });
+                self.kernel.data.set(
+                    &path,
+                    Node::Present {
+                        kind: m.kind,
+                        mode,
+                        data,
+                        ino: m.ino,
+                    },
+                );
                 0
             }
             92..=94 | 260 | 132 | 280 => 0, // chown family, utime(s): accepted (single user)
@@ -1013,11 +1206,21 @@ impl Machine {
         let node = match m.kind {
             FileKind::File => {
                 let data = self.file_data(from).unwrap_or_default();
-                Node::Present { kind: FileKind::File, mode: m.mode, data, ino: m.ino }
+                Node::Present {
+                    kind: FileKind::File,
+                    mode: m.mode,
+                    data,
+                    ino: m.ino,
+                }
             }
             FileKind::Symlink => {
                 let t = self.link_target(from).unwrap_or_default();
-                Node::Present { kind: FileKind::Symlink, mode: 0o777, data: Arc::new(t), ino: m.ino }
+                Node::Present {
+                    kind: FileKind::Symlink,
+                    mode: 0o777,
+                    data: Arc::new(t),
+                    ino: m.ino,
+                }
             }
             FileKind::Dir => {
                 // Move the children first (recursively through the listing).
@@ -1029,7 +1232,12 @@ impl Machine {
                         self.move_node(&f, &t, &cm);
                     }
                 }
-                Node::Present { kind: FileKind::Dir, mode: m.mode, data: Arc::new(Vec::new()), ino: m.ino }
+                Node::Present {
+                    kind: FileKind::Dir,
+                    mode: m.mode,
+                    data: Arc::new(Vec::new()),
+                    ino: m.ino,
+                }
             }
             FileKind::CharDev => return,
         };

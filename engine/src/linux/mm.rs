@@ -19,14 +19,23 @@ fn page_up(v: u64) -> Option<u64> {
 
 impl Machine {
     pub(super) fn sys_mm(&mut self, nr: u64) -> R<i64> {
-        let a = [self.arg(0), self.arg(1), self.arg(2), self.arg(3), self.arg(4), self.arg(5)];
+        let a = [
+            self.arg(0),
+            self.arg(1),
+            self.arg(2),
+            self.arg(3),
+            self.arg(4),
+            self.arg(5),
+        ];
         Ok(match nr {
             9 => self.sys_mmap(a)?,
             10 => {
                 if a[0] & 0xfff != 0 {
                     return Ok(-EINVAL);
                 }
-                let Some(len) = page_up(a[1]) else { return Ok(-ENOMEM) };
+                let Some(len) = page_up(a[1]) else {
+                    return Ok(-ENOMEM);
+                };
                 let prot = (a[2] & 7) as u8;
                 self.flush_blocks = true;
                 if len == 0 || self.mem.protect(a[0], a[0] + len, prot) {
@@ -36,8 +45,13 @@ impl Machine {
                 }
             }
             11 => {
-                let Some(len) = page_up(a[1]) else { return Ok(-EINVAL) };
-                if a[0] & 0xfff != 0 || len == 0 || a[0].checked_add(len).is_none_or(|e| e > USER_END) {
+                let Some(len) = page_up(a[1]) else {
+                    return Ok(-EINVAL);
+                };
+                if a[0] & 0xfff != 0
+                    || len == 0
+                    || a[0].checked_add(len).is_none_or(|e| e > USER_END)
+                {
                     return Ok(-EINVAL);
                 }
                 self.mem.unmap(a[0], a[0] + len);
@@ -48,7 +62,9 @@ impl Machine {
             25 => self.sys_mremap(a),
             26 => 0,
             27 => {
-                let Some(len) = page_up(a[1]) else { return Ok(-ENOMEM) };
+                let Some(len) = page_up(a[1]) else {
+                    return Ok(-ENOMEM);
+                };
                 let v = vec![1u8; (len / 4096) as usize];
                 self.mem.write_bytes(a[2], &v)?;
                 0
@@ -70,13 +86,18 @@ impl Machine {
     }
 
     fn sys_mmap(&mut self, a: [u64; 6]) -> R<i64> {
-        let (addr, len, prot, flags, fd, off) = (a[0], a[1], (a[2] & 7) as u8, a[3], a[4] as i32, a[5]);
-        let Some(len) = page_up(len) else { return Ok(-ENOMEM) };
+        let (addr, len, prot, flags, fd, off) =
+            (a[0], a[1], (a[2] & 7) as u8, a[3], a[4] as i32, a[5]);
+        let Some(len) = page_up(len) else {
+            return Ok(-ENOMEM);
+        };
         if len == 0 || off & 0xfff != 0 || len > USER_END {
             return Ok(-EINVAL);
         }
         let data = if flags & MAP_ANONYMOUS == 0 {
-            let Some(&(id, _)) = self.kernel.fds.get(&fd) else { return Ok(-EBADF) };
+            let Some(&(id, _)) = self.kernel.fds.get(&fd) else {
+                return Ok(-EBADF);
+            };
             match self.kernel.ofds[&id].kind.clone() {
                 OfdKind::File(p) => {
                     if flags & MAP_SHARED != 0 && prot & crate::mem::PROT_WRITE != 0 {
@@ -93,7 +114,10 @@ impl Machine {
             None
         };
         let start = if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-            if addr & 0xfff != 0 || addr < MMAP_MIN || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+            if addr & 0xfff != 0
+                || addr < MMAP_MIN
+                || addr.checked_add(len).is_none_or(|e| e > USER_END)
+            {
                 return Ok(-EINVAL);
             }
             if flags & MAP_FIXED_NOREPLACE != 0 && self.mem.any_mapped(addr, addr + len) {
@@ -102,7 +126,10 @@ impl Machine {
             addr
         } else {
             let hint = addr & !0xfff;
-            if hint >= MMAP_MIN && hint.checked_add(len).is_some_and(|e| e <= USER_END) && !self.mem.any_mapped(hint, hint + len) {
+            if hint >= MMAP_MIN
+                && hint.checked_add(len).is_some_and(|e| e <= USER_END)
+                && !self.mem.any_mapped(hint, hint + len)
+            {
                 hint
             } else {
                 match self.mem.find_free(len, MMAP_BASE) {
@@ -129,7 +156,9 @@ impl Machine {
         if want < self.kernel.brk_start || want > USER_END {
             return cur;
         }
-        let (Some(old_end), Some(new_end)) = (page_up(cur), page_up(want)) else { return cur };
+        let (Some(old_end), Some(new_end)) = (page_up(cur), page_up(want)) else {
+            return cur;
+        };
         if new_end > old_end {
             if self.mem.any_mapped(old_end, new_end) {
                 return cur;
@@ -145,11 +174,15 @@ impl Machine {
 
     fn sys_mremap(&mut self, a: [u64; 6]) -> i64 {
         let (old, old_len, new_len, flags) = (a[0], a[1], a[2], a[3]);
-        let (Some(old_len), Some(new_len)) = (page_up(old_len), page_up(new_len)) else { return -EINVAL };
+        let (Some(old_len), Some(new_len)) = (page_up(old_len), page_up(new_len)) else {
+            return -EINVAL;
+        };
         if old & 0xfff != 0 || new_len == 0 {
             return -EINVAL;
         }
-        let Some((_, vma)) = self.mem.vma_at(old) else { return -EFAULT };
+        let Some((_, vma)) = self.mem.vma_at(old) else {
+            return -EFAULT;
+        };
         let (prot, name) = (vma.prot, vma.name.clone());
         if new_len <= old_len {
             if new_len < old_len {
@@ -157,7 +190,10 @@ impl Machine {
             }
             return old as i64;
         }
-        if flags & 2 == 0 && !self.mem.any_mapped(old + old_len, old + new_len) && old + new_len <= USER_END {
+        if flags & 2 == 0
+            && !self.mem.any_mapped(old + old_len, old + new_len)
+            && old + new_len <= USER_END
+        {
             self.mem.map(old + old_len, old + new_len, prot, &name);
             return old as i64;
         }
@@ -173,7 +209,9 @@ impl Machine {
             }
         };
         self.mem.map(dest, dest + new_len, prot, &name);
-        self.mem.pages.move_range(old >> 12, dest >> 12, old_len >> 12);
+        self.mem
+            .pages
+            .move_range(old >> 12, dest >> 12, old_len >> 12);
         self.mem.unmap(old, old + old_len);
         self.mem.flush_tlb();
         self.flush_blocks = true;

@@ -84,7 +84,11 @@ impl Kernel {
             ofds: BTreeMap::new(),
             next_ofd: 1,
             data: DataTree::new(),
-            cwd: if config.cwd.is_empty() { "/".into() } else { config.cwd.clone() },
+            cwd: if config.cwd.is_empty() {
+                "/".into()
+            } else {
+                config.cwd.clone()
+            },
             exe: config.exe.clone(),
             brk_start: brk,
             brk,
@@ -235,10 +239,11 @@ impl Machine {
         let a0 = self.arg(0);
         let a1 = self.arg(1);
         Ok(match nr {
-            0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 16 | 17 | 18 | 19 | 20 | 21 | 22 | 23 | 32 | 33 | 72 | 74 | 75
-            | 76 | 77 | 78 | 79 | 80 | 81 | 82 | 83 | 84 | 86 | 87 | 88 | 89 | 90 | 91 | 92 | 93 | 94 | 132 | 137
-            | 138 | 217 | 257 | 258 | 260 | 262 | 263 | 264 | 265 | 266 | 267 | 268 | 269 | 280 | 292 | 293 | 316
-            | 332 | 439 | 221 | 285 | 271 | 270 => return self.sys_fs(nr),
+            0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 16 | 17 | 18 | 19 | 20 | 21 | 22 | 23 | 32 | 33
+            | 72 | 74 | 75 | 76 | 77 | 78 | 79 | 80 | 81 | 82 | 83 | 84 | 86 | 87 | 88 | 89
+            | 90 | 91 | 92 | 93 | 94 | 132 | 137 | 138 | 217 | 257 | 258 | 260 | 262 | 263
+            | 264 | 265 | 266 | 267 | 268 | 269 | 280 | 292 | 293 | 316 | 332 | 439 | 221 | 285
+            | 271 | 270 => return self.sys_fs(nr),
             9 | 10 | 11 | 12 | 25 | 26 | 27 | 28 => return self.sys_mm(nr),
             13 | 14 | 15 | 62 | 131 | 200 | 234 | 127 | 130 => return self.sys_signal(nr),
             24 => 0, // sched_yield
@@ -260,12 +265,12 @@ impl Machine {
                 }
                 0
             }
-            39 | 186 => GUEST_PID as i64, // getpid, gettid
-            110 => 1,                     // getppid
+            39 | 186 => GUEST_PID as i64,              // getpid, gettid
+            110 => 1,                                  // getppid
             111 | 112 | 121 | 124 => GUEST_PID as i64, // getpgrp, setsid, getpgid, getsid
-            109 => 0,                                   // setpgid
-            102 | 107 => 1000,            // getuid, geteuid
-            104 | 108 => 1000,            // getgid, getegid
+            109 => 0,                                  // setpgid
+            102 | 107 => 1000,                         // getuid, geteuid
+            104 | 108 => 1000,                         // getgid, getegid
             118 | 120 => {
                 // getresuid / getresgid
                 for k in 0..3 {
@@ -294,8 +299,14 @@ impl Machine {
             }
             63 => {
                 // uname
-                let fields: [&[u8]; 6] =
-                    [b"Linux", b"fx86", b"6.1.0-fx86", b"#1 SMP fx86 deterministic", b"x86_64", b"(none)"];
+                let fields: [&[u8]; 6] = [
+                    b"Linux",
+                    b"fx86",
+                    b"6.1.0-fx86",
+                    b"#1 SMP fx86 deterministic",
+                    b"x86_64",
+                    b"(none)",
+                ];
                 let mut buf = vec![0u8; 65 * 6];
                 for (k, f) in fields.iter().enumerate() {
                     buf[65 * k..65 * k + f.len()].copy_from_slice(f);
@@ -341,7 +352,11 @@ impl Machine {
             }
             97 | 302 => {
                 // getrlimit / prlimit64
-                let (res, new, old) = if nr == 97 { (a0, 0, a1) } else { (a1, self.arg(2), self.arg(3)) };
+                let (res, new, old) = if nr == 97 {
+                    (a0, 0, a1)
+                } else {
+                    (a1, self.arg(2), self.arg(3))
+                };
                 if nr == 302 && a0 != 0 && a0 != GUEST_PID {
                     return Ok(-ESRCH);
                 }
@@ -403,8 +418,8 @@ impl Machine {
                 self.kernel.tid_address = a0;
                 GUEST_PID as i64
             }
-            273 => 0,        // set_robust_list
-            334 => -ENOSYS,  // rseq
+            273 => 0,       // set_robust_list
+            334 => -ENOSYS, // rseq
             157 => self.sys_prctl()?,
             204 => {
                 // sched_getaffinity: one CPU
@@ -431,7 +446,9 @@ impl Machine {
                         if cur != self.arg(2) as u32 {
                             -EAGAIN
                         } else {
-                            self.warn_once("futex wait with no other thread to wake it: deadlock".into());
+                            self.warn_once(
+                                "futex wait with no other thread to wake it: deadlock".into(),
+                            );
                             -EINTR
                         }
                     }
@@ -451,7 +468,9 @@ impl Machine {
                 }
             }
             59 | 322 => {
-                self.warn_once("the guest called execve; fx86 does not support exec yet (ENOSYS)".into());
+                self.warn_once(
+                    "the guest called execve; fx86 does not support exec yet (ENOSYS)".into(),
+                );
                 -ENOSYS
             }
             61 | 247 => -ECHILD, // wait4 / waitid

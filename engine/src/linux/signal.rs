@@ -94,7 +94,11 @@ impl Machine {
                 msg: format!(
                     "SIGSEGV: jumped to {:#x}, which is {}",
                     f.addr,
-                    if f.protection { "not executable" } else { "not mapped" }
+                    if f.protection {
+                        "not executable"
+                    } else {
+                        "not mapped"
+                    }
                 ),
                 forced: true,
             },
@@ -106,7 +110,11 @@ impl Machine {
                     "SIGSEGV: invalid {} at address {:#x} ({}) by the instruction at {:#x}",
                     if f.write { "write" } else { "read" },
                     f.addr,
-                    if f.protection { "access not permitted" } else { "address not mapped" },
+                    if f.protection {
+                        "access not permitted"
+                    } else {
+                        "address not mapped"
+                    },
                     rip
                 ),
                 forced: true,
@@ -121,11 +129,23 @@ impl Machine {
             Ex::Illegal(what) => {
                 let msg = format!("SIGILL at {rip:#x}: {what}");
                 self.host.diagnostic(&msg);
-                SigInfo { sig: SIGILL, code: 2, field: rip, msg, forced: true }
+                SigInfo {
+                    sig: SIGILL,
+                    code: 2,
+                    field: rip,
+                    msg,
+                    forced: true,
+                }
             }
             Ex::Breakpoint => {
                 self.cpu.rip = rip + 1;
-                SigInfo { sig: SIGTRAP, code: 0x80, field: 0, msg: format!("SIGTRAP: int3 at {rip:#x}"), forced: true }
+                SigInfo {
+                    sig: SIGTRAP,
+                    code: 0x80,
+                    field: 0,
+                    msg: format!("SIGTRAP: int3 at {rip:#x}"),
+                    forced: true,
+                }
             }
             Ex::GeneralProtection | Ex::Misaligned => SigInfo {
                 sig: SIGSEGV,
@@ -148,9 +168,21 @@ impl Machine {
                 } else {
                     7
                 };
-                SigInfo { sig: SIGFPE, code, field: rip, msg: format!("SIGFPE: SSE floating-point exception at {rip:#x}"), forced: true }
+                SigInfo {
+                    sig: SIGFPE,
+                    code,
+                    field: rip,
+                    msg: format!("SIGFPE: SSE floating-point exception at {rip:#x}"),
+                    forced: true,
+                }
             }
-            Ex::X87Fp => SigInfo { sig: SIGFPE, code: 7, field: rip, msg: format!("SIGFPE: x87 floating-point exception at {rip:#x}"), forced: true },
+            Ex::X87Fp => SigInfo {
+                sig: SIGFPE,
+                code: 7,
+                field: rip,
+                msg: format!("SIGFPE: x87 floating-point exception at {rip:#x}"),
+                forced: true,
+            },
             Ex::Stop => return self.ended.clone(),
         };
         self.deliver(info)
@@ -176,7 +208,11 @@ impl Machine {
                 // Could not write the frame: the kernel kills with SIGSEGV.
                 Some(StopReason::Signaled {
                     sig: SIGSEGV,
-                    msg: format!("SIGSEGV: could not build the signal frame for {} ({})", signal_name(sig), info.msg),
+                    msg: format!(
+                        "SIGSEGV: could not build the signal frame for {} ({})",
+                        signal_name(sig),
+                        info.msg
+                    ),
                 })
             }
         }
@@ -207,13 +243,34 @@ impl Machine {
 
         let mut u = [0u8; 304];
         u[16..24].copy_from_slice(&ss_sp.to_le_bytes());
-        let alt_flags = if ss_flags == SS_DISABLE { SS_DISABLE } else if on_alt { SS_ONSTACK } else { 0 };
+        let alt_flags = if ss_flags == SS_DISABLE {
+            SS_DISABLE
+        } else if on_alt {
+            SS_ONSTACK
+        } else {
+            0
+        };
         u[24..28].copy_from_slice(&alt_flags.to_le_bytes());
         u[32..40].copy_from_slice(&ss_size.to_le_bytes());
         let g = &self.cpu.gpr;
         // sigcontext order: r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags
         let regs = [
-            g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15], g[7], g[6], g[5], g[3], g[2], g[0], g[1], g[4],
+            g[8],
+            g[9],
+            g[10],
+            g[11],
+            g[12],
+            g[13],
+            g[14],
+            g[15],
+            g[7],
+            g[6],
+            g[5],
+            g[3],
+            g[2],
+            g[0],
+            g[1],
+            g[4],
             self.cpu.rip,
             self.cpu.rflags(),
         ];
@@ -311,8 +368,15 @@ impl Machine {
                     }
                     let mut b = [0u8; 32];
                     self.mem.read_bytes(a[1], &mut b)?;
-                    let w = |k: usize| u64::from_le_bytes(b[8 * k..8 * k + 8].try_into().expect("8 bytes"));
-                    self.kernel.sigactions[sig] = SigAction { handler: w(0), flags: w(1), restorer: w(2), mask: w(3) };
+                    let w = |k: usize| {
+                        u64::from_le_bytes(b[8 * k..8 * k + 8].try_into().expect("8 bytes"))
+                    };
+                    self.kernel.sigactions[sig] = SigAction {
+                        handler: w(0),
+                        flags: w(1),
+                        restorer: w(2),
+                        mask: w(3),
+                    };
                 }
                 0
             }
@@ -361,7 +425,11 @@ impl Machine {
                 if a[1] != 0 {
                     let mut b = [0u8; 24];
                     b[0..8].copy_from_slice(&cur_sp.to_le_bytes());
-                    let fl = if on { SS_ONSTACK } else { cur_flags & SS_DISABLE };
+                    let fl = if on {
+                        SS_ONSTACK
+                    } else {
+                        cur_flags & SS_DISABLE
+                    };
                     b[8..12].copy_from_slice(&fl.to_le_bytes());
                     b[16..24].copy_from_slice(&cur_size.to_le_bytes());
                     self.mem.write_bytes(a[1], &b)?;
@@ -396,7 +464,9 @@ impl Machine {
                 if nr == 234 && a[0] as i64 != GUEST_PID as i64 {
                     return Ok(-ESRCH);
                 }
-                if !(pid == GUEST_PID as i64 || (nr == 62 && (pid == 0 || pid == -1 || pid == -(GUEST_PID as i64)))) {
+                if !(pid == GUEST_PID as i64
+                    || (nr == 62 && (pid == 0 || pid == -1 || pid == -(GUEST_PID as i64))))
+                {
                     return Ok(-ESRCH);
                 }
                 if !(0..=64).contains(&sig) {
@@ -406,7 +476,10 @@ impl Machine {
                     return Ok(0);
                 }
                 if sig as i32 == SIGKILL {
-                    self.ended = Some(StopReason::Signaled { sig: SIGKILL, msg: "SIGKILL sent by the guest to itself".into() });
+                    self.ended = Some(StopReason::Signaled {
+                        sig: SIGKILL,
+                        msg: "SIGKILL sent by the guest to itself".into(),
+                    });
                     return Err(Ex::Stop);
                 }
                 // Delivered on the way back to user mode, after the result is in RAX.
