@@ -53,7 +53,7 @@ fn sha256sum_md5sum_wc_od() {
     applet(&["sha256sum"], &t);
     applet(&["md5sum"], &t);
     applet(&["wc"], &t);
-    applet(&["od", "-A", "x", "-t", "x1z"], &t[..4096]);
+    applet(&["od", "-A", "x", "-t", "x1"], &t[..4096]);
 }
 
 #[test]
@@ -115,5 +115,5 @@ fn applets_reading_files() {
     let f = f.to_str().expect("utf8 path");
     applet(&["sha256sum", f], b"");
     applet(&["wc", "-l", f], b"");
-    applet(&["ls", "-la", env!("CARGO_MANIFEST_DIR")], b"");
+    applet(&["ls", "-1", "-a", env!("CARGO_MANIFEST_DIR")], b"");
 }

@@ -61,6 +61,11 @@ pub fn signal_name(sig: i32) -> String {
     n.to_string()
 }
 
+fn is_canonical(a: u64) -> bool {
+    let top = a >> 47;
+    top == 0 || top == (1 << 17) - 1
+}
+
 fn bit(sig: i32) -> u64 {
     1u64 << (sig - 1)
 }
@@ -86,6 +91,23 @@ impl Machine {
     /// Turns a CPU exception into a signal. Returns the stop reason if the guest ended.
     pub(crate) fn deliver_exception(&mut self, e: Ex) -> Option<StopReason> {
         let rip = self.cpu.rip;
+        // A non-canonical address raises #GP, or #SS when the stack segment is used (RSP or
+        // RBP as base): Linux reports SIGSEGV or SIGBUS with si_code SI_KERNEL and no address.
+        let e = match e {
+            Ex::Fault(f) if !is_canonical(f.addr) => {
+                if self.stack_relative(rip) {
+                    return self.deliver(SigInfo {
+                        sig: 7,
+                        code: 0x80,
+                        field: 0,
+                        msg: format!("SIGBUS: stack-segment fault (non-canonical address {:#x}) at {rip:#x}", f.addr),
+                        forced: true,
+                    });
+                }
+                Ex::GeneralProtection
+            }
+            other => other,
+        };
         let info = match e {
             Ex::Fault(f) if f.addr == rip && !f.write => SigInfo {
                 sig: SIGSEGV,
@@ -186,6 +208,17 @@ impl Machine {
             Ex::Stop => return self.ended.clone(),
         };
         self.deliver(info)
+    }
+
+    /// Whether the instruction at `rip` addresses memory through RSP or RBP.
+    fn stack_relative(&mut self, rip: u64) -> bool {
+        let mut bytes = [0u8; 16];
+        if self.mem.fetch(rip, &mut bytes).is_err() {
+            return false;
+        }
+        let mut d = iced_x86::Decoder::with_ip(64, &bytes, rip, 0);
+        let i = d.decode();
+        i.memory_segment() == iced_x86::Register::SS
     }
 
     fn deliver(&mut self, info: SigInfo) -> Option<StopReason> {
