@@ -44,6 +44,16 @@ fn musl_o2_matches_native() {
 }
 
 #[test]
+fn static_pie_matches_native() {
+    for g in ["intops.c", "strings.c", "signals.c"] {
+        let bin = build(&guest_src(g), "gcc", "-static-pie");
+        assert_same_as_native(&bin, &[], b"");
+    }
+    let bin = build(&guest_src("cxx_throw.cc"), "g++", "-static-pie");
+    assert_same_as_native(&bin, &["5"], b"");
+}
+
+#[test]
 fn cxx_exceptions_match_native() {
     for opt in ["-O0", "-O2"] {
         let bin = build(&guest_src("cxx_exceptions.cc"), "g++", opt);

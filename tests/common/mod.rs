@@ -34,8 +34,15 @@ pub fn build(src: &Path, cc: &str, opt: &str) -> PathBuf {
         return out;
     }
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    // "-static-pie" builds a static position-independent executable (at -O2).
+    let flags: &[&str] = if opt == "-static-pie" {
+        &["-static-pie", "-O2"]
+    } else {
+        &["-static", opt]
+    };
     let st = Command::new(cc)
-        .args(["-static", opt, "-g", "-o"])
+        .args(flags)
+        .args(["-g", "-o"])
         .arg(&tmp)
         .arg(src)
         .arg("-lm")

@@ -100,7 +100,10 @@ impl Machine {
                         sig: 7,
                         code: 0x80,
                         field: 0,
-                        msg: format!("SIGBUS: stack-segment fault (non-canonical address {:#x}) at {rip:#x}", f.addr),
+                        msg: format!(
+                            "SIGBUS: stack-segment fault (non-canonical address {:#x}) at {rip:#x}",
+                            f.addr
+                        ),
                         forced: true,
                     });
                 }
