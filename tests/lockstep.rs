@@ -30,35 +30,43 @@ fn lockstep_limited(src: &str, cc: &str, opt: &str, args: &[&str], limit: Option
     );
 }
 
-#[test]
-fn integer_guests() {
-    lockstep("intops.c", "gcc", "-O0", &["150"]);
-    lockstep("intops.c", "gcc", "-O2", &["300"]);
-    lockstep("intops.c", "musl-gcc", "-O2", &["300"]);
+/// The C corpus with small workloads: (source, arguments).
+const CORPUS: &[(&str, &[&str])] = &[
+    ("intops.c", &["150"]),
+    ("floats.c", &["40"]),
+    ("longdouble.c", &[]),
+    ("strings.c", &[]),
+    ("sse2.c", &[]),
+    ("signals.c", &[]),
+    ("crash_segv.c", &[]),
+    ("crash_abort.c", &[]),
+    ("crash_fpe.c", &[]),
+];
+
+fn corpus(cc: &str, opt: &str) {
+    for (src, args) in CORPUS {
+        lockstep(src, cc, opt, args);
+    }
 }
 
 #[test]
-fn float_and_x87_guests() {
-    lockstep("floats.c", "gcc", "-O2", &["40"]);
-    lockstep("floats.c", "musl-gcc", "-O0", &["40"]);
-    lockstep("longdouble.c", "musl-gcc", "-O2", &[]);
-    lockstep("longdouble.c", "gcc", "-O0", &[]);
+fn corpus_glibc_o0() {
+    corpus("gcc", "-O0");
 }
 
 #[test]
-fn sse2_and_string_guests() {
-    lockstep("sse2.c", "gcc", "-O0", &[]);
-    lockstep("sse2.c", "musl-gcc", "-O2", &[]);
-    lockstep("strings.c", "musl-gcc", "-O2", &[]);
+fn corpus_glibc_o2() {
+    corpus("gcc", "-O2");
 }
 
 #[test]
-fn signal_and_crash_guests() {
-    lockstep("signals.c", "gcc", "-O2", &[]);
-    lockstep("signals.c", "musl-gcc", "-O0", &[]);
-    lockstep("crash_segv.c", "musl-gcc", "-O2", &[]);
-    lockstep("crash_abort.c", "gcc", "-O2", &[]);
-    lockstep("crash_fpe.c", "musl-gcc", "-O0", &[]);
+fn corpus_musl_o0() {
+    corpus("musl-gcc", "-O0");
+}
+
+#[test]
+fn corpus_musl_o2() {
+    corpus("musl-gcc", "-O2");
 }
 
 #[test]
