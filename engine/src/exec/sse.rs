@@ -74,7 +74,33 @@ host_ops!(host_fp, Fp {
     Cvtps2pd => "cvtps2pd", Cvtpd2ps => "cvtpd2ps",
 });
 
-host_ops!(host_int, Int {
+macro_rules! host_int_ops {
+    ($fname:ident, $kind:ident { $($var:ident => $ins:literal),* $(,)? }) => {
+        #[derive(Clone, Copy, Debug)]
+        #[allow(clippy::upper_case_acronyms)]
+        enum $kind { $($var),* }
+        /// Runs the SSE2 integer instruction on the host (no MXCSR involved); the second
+        /// result is unused and kept for symmetry with `host_fp`.
+        fn $fname(op: $kind, a: u128, b: u128, _csr: u32) -> (u128, u32) {
+            let mut x = to_m(a);
+            let y = to_m(b);
+            // SAFETY: plain SSE2 integer register arithmetic on two locals.
+            unsafe {
+                match op {
+                    $($kind::$var => asm!(
+                        concat!($ins, " {x}, {y}"),
+                        x = inout(xmm_reg) x,
+                        y = in(xmm_reg) y,
+                        options(nostack, pure, nomem),
+                    ),)*
+                }
+            }
+            (from_m(x), 0)
+        }
+    };
+}
+
+host_int_ops!(host_int, Int {
     Paddb => "paddb", Paddw => "paddw", Paddd => "paddd", Paddq => "paddq",
     Psubb => "psubb", Psubw => "psubw", Psubd => "psubd", Psubq => "psubq",
     Paddsb => "paddsb", Paddsw => "paddsw", Paddusb => "paddusb", Paddusw => "paddusw",
