@@ -6,7 +6,7 @@ mod lockstep;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fx86_engine::host::StdHost;
-use fx86_engine::{Config, Machine, StopReason};
+use fx86_engine::{Config, Machine, StopReason, Timeline};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -34,6 +34,9 @@ enum Cmd {
         /// Seed for the guest's randomness (AT_RANDOM, getrandom, /dev/urandom).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Memory budget for time-travel snapshots (e.g. 512M, 2G).
+        #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+        snapshot_memory: u64,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
@@ -100,7 +103,28 @@ pub fn load_guest(
         .map_err(|e| (126, format!("{}: {e}", path.display())))
 }
 
-fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
+/// Parses a size such as `4096`, `512K`, `64M` or `2G`.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("not a size: {s:?} (use e.g. 512M or 2G)"))
+}
+
+fn run(
+    stats: bool,
+    max_insns: Option<u64>,
+    seed: u64,
+    snapshot_memory: u64,
+    prog: &[String],
+) -> i32 {
     let mut m = match load_guest(prog, seed, StdHost::default()) {
         Ok(m) => m,
         Err((code, msg)) => {
@@ -129,19 +153,18 @@ fn run(stats: bool, max_insns: Option<u64>, seed: u64, prog: &[String]) -> i32 {
             }
         }
     }
-    let stop = m.run(max_insns.unwrap_or(u64::MAX));
+    let mut tl = Timeline::new(m, fx86_engine::timeline::DEFAULT_INTERVAL, snapshot_memory);
+    let stop = tl.run_forward(max_insns.unwrap_or(u64::MAX));
     let wall = start.elapsed().as_secs_f64();
-    let code = report(&stop, m.icount);
+    let icount = tl.icount();
+    let code = report(&stop, icount);
     if stats {
-        let mips = m.icount as f64 / wall.max(1e-9) / 1e6;
-        let hash = m.state_hash();
+        let mips = icount as f64 / wall.max(1e-9) / 1e6;
+        let (snaps, bytes) = tl.snapshot_stats();
+        let hash = tl.machine().state_hash();
         eprintln!(
-            "fx86: icount={} wall={:.3} mips={:.1} state={} exit={}",
-            m.icount,
-            wall,
-            mips,
-            hash.to_hex(),
-            code
+            "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} snapshots={snaps} snapshot_bytes={bytes}",
+            hash.to_hex()
         );
     }
     code
@@ -161,6 +184,7 @@ fn report(stop: &StopReason, icount: u64) -> i32 {
             eprintln!("fx86: guest terminated: {msg} (icount {icount})")
         }
         StopReason::Limit => eprintln!("fx86: stopped after {icount} instructions (--max-insns)"),
+        StopReason::Breakpoint(_) | StopReason::Watch(_) => {}
     }
     stop.exit_status()
 }
@@ -235,8 +259,9 @@ fn main() -> Result<()> {
             stats,
             max_insns,
             seed,
+            snapshot_memory,
             prog,
-        } => run(stats, max_insns, seed, &prog),
+        } => run(stats, max_insns, seed, snapshot_memory, &prog),
         Cmd::Lockstep {
             max_insns,
             progress,

@@ -29,6 +29,8 @@ pub trait Host: Send {
     fn read_link(&mut self, path: &str) -> Option<Vec<u8>>;
     /// Names and kinds in a host directory.
     fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>>;
+    /// Told the icount of each syscall before it runs (replaying hosts key their logs on it).
+    fn at_icount(&mut self, _icount: u64) {}
 }
 
 /// The host as it is: real stdin/stdout/stderr and the real (read-only) file system.

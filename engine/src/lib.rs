@@ -18,6 +18,8 @@ pub mod host;
 pub mod linux;
 pub mod machine;
 pub mod mem;
+pub mod timeline;
 
 pub use exec::Ex;
-pub use machine::{Config, Machine, StopReason};
+pub use machine::{Config, Machine, Snapshot, StopReason};
+pub use timeline::{ReverseStop, Timeline};

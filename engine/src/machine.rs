@@ -37,6 +37,11 @@ pub enum StopReason {
     Signaled { sig: i32, msg: String },
     /// The instruction budget given to `run` is used up.
     Limit,
+    /// About to execute an instruction at a breakpoint address (after at least one
+    /// instruction of this `run`).
+    Breakpoint(u64),
+    /// The instruction just retired touched a watched range.
+    Watch(crate::mem::WatchHit),
 }
 
 impl StopReason {
@@ -46,6 +51,7 @@ impl StopReason {
             StopReason::Exited(c) => *c & 0xff,
             StopReason::Signaled { sig, .. } => 128 + sig,
             StopReason::Limit => 124,
+            StopReason::Breakpoint(_) | StopReason::Watch(_) => 0,
         }
     }
 }
@@ -138,6 +144,34 @@ pub struct Machine {
     pub ended: Option<StopReason>,
     /// Mappings changed in a way that may invalidate decoded code.
     pub(crate) flush_blocks: bool,
+    /// Breakpoint addresses (debugger state, not guest state).
+    breakpoints: std::collections::BTreeSet<u64>,
+}
+
+/// A complete copy of a guest's state at one icount. Cheap: memory pages and the data tree
+/// are shared with the machine until either side writes them.
+#[derive(Clone)]
+pub struct Snapshot {
+    cpu: Cpu,
+    mem: Memory,
+    kernel: Kernel,
+    pub icount: u64,
+    ended: Option<StopReason>,
+}
+
+impl Snapshot {
+    /// Pages held by this snapshot (shared or not), for memory accounting.
+    pub fn page_count(&self) -> usize {
+        self.mem.pages.page_count()
+    }
+
+    /// Calls `f` with an identity for each page held (equal for pages shared between
+    /// snapshots), for counting distinct pages.
+    pub fn for_each_page(&self, mut f: impl FnMut(usize)) {
+        self.mem
+            .pages
+            .for_each_in(0, u64::MAX, |_, p| f(std::sync::Arc::as_ptr(p) as usize));
+    }
 }
 
 impl Machine {
@@ -178,6 +212,7 @@ impl Machine {
             blocks: BlockCache::default(),
             ended: None,
             flush_blocks: false,
+            breakpoints: Default::default(),
         })
     }
 
@@ -208,7 +243,41 @@ impl Machine {
             blocks: BlockCache::default(),
             ended: None,
             flush_blocks: false,
+            breakpoints: Default::default(),
         }
+    }
+
+    /// Takes a snapshot of the whole guest (O(1) in memory size).
+    pub fn snapshot(&mut self) -> Snapshot {
+        Snapshot {
+            cpu: self.cpu.clone(),
+            mem: self.mem.snapshot(),
+            kernel: self.kernel.clone(),
+            icount: self.icount,
+            ended: self.ended.clone(),
+        }
+    }
+
+    /// Returns the guest to a snapshot's state. Breakpoints and watchpoints stay as they are.
+    pub fn restore(&mut self, s: &Snapshot) {
+        let watches = self.mem.watches().to_vec();
+        self.cpu = s.cpu.clone();
+        self.mem = s.mem.clone();
+        self.mem.set_watches(watches);
+        self.kernel = s.kernel.clone();
+        self.icount = s.icount;
+        self.ended = s.ended.clone();
+        self.blocks.clear();
+        self.flush_blocks = false;
+    }
+
+    /// Replaces the breakpoint set.
+    pub fn set_breakpoints(&mut self, bps: impl IntoIterator<Item = u64>) {
+        self.breakpoints = bps.into_iter().collect();
+    }
+
+    pub fn breakpoints(&self) -> &std::collections::BTreeSet<u64> {
+        &self.breakpoints
     }
 
     /// Replaces all of memory with `maps` (start, end, prot, name, contents): the lockstep
@@ -285,9 +354,26 @@ impl Machine {
 
     /// Runs until the guest ends or `icount` reaches `limit`.
     pub fn run(&mut self, limit: u64) -> StopReason {
+        self.run_inner(limit, false)
+    }
+
+    /// Like `run`, but a breakpoint at the current instruction stops at once (for continuing
+    /// a run that was split into slices).
+    pub fn run_continuing(&mut self, limit: u64) -> StopReason {
+        self.run_inner(limit, true)
+    }
+
+    fn run_inner(&mut self, limit: u64, check_start: bool) -> StopReason {
         if let Some(s) = &self.ended {
             return s.clone();
         }
+        let start = if check_start {
+            self.icount.wrapping_sub(1)
+        } else {
+            self.icount
+        };
+        let bps = !self.breakpoints.is_empty();
+        self.mem.watch_hit = None;
         loop {
             if self.icount >= limit {
                 return StopReason::Limit;
@@ -310,9 +396,23 @@ impl Machine {
                 if budget == 0 {
                     return StopReason::Limit;
                 }
+                if bps && self.icount != start && self.breakpoints.contains(&self.cpu.rip) {
+                    return StopReason::Breakpoint(self.cpu.rip);
+                }
                 match self.exec(op, budget) {
-                    Ok(n) => self.icount += n,
+                    Ok(n) => {
+                        self.icount += n;
+                        if let Some(hit) = self.mem.watch_hit.take() {
+                            if !self.mem.dirty_code.is_empty() || self.flush_blocks {
+                                self.sync_code();
+                            }
+                            return StopReason::Watch(hit);
+                        }
+                    }
                     Err(e) => {
+                        // A faulting instruction did not complete: a watched access it made
+                        // before faulting does not count.
+                        self.mem.watch_hit = None;
                         if let Some(stop) = self.raise(e) {
                             return stop;
                         }

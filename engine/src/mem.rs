@@ -53,6 +53,36 @@ impl Tlb {
     }
 }
 
+/// What a watchpoint watches for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WatchKind {
+    Write,
+    Read,
+    Access,
+}
+
+/// A watched byte range (debugger state, not guest state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Watch {
+    pub start: u64,
+    pub len: u64,
+    pub kind: WatchKind,
+}
+
+/// The first watched access made by the current instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchHit {
+    pub watch: Watch,
+    /// The access (address and length) that touched the watched range.
+    pub addr: u64,
+    pub len: usize,
+    /// Whether the access was a write.
+    pub write: bool,
+    /// Bytes of the access before and after (equal for reads).
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+}
+
 /// Guest memory.
 pub struct Memory {
     pub pages: PageTree,
@@ -62,6 +92,11 @@ pub struct Memory {
     code_pages: HashSet<u64>,
     /// Code pages written since the block cache last looked.
     pub dirty_code: Vec<u64>,
+    /// Watchpoints; accesses to their pages always take the checked slow path.
+    watches: Vec<Watch>,
+    watched_pages: HashSet<u64>,
+    /// Set when an access touched a watched range (taken by the run loop).
+    pub watch_hit: Option<WatchHit>,
 }
 
 // SAFETY: the TLB's raw pointers point into pages owned by `self.pages` (or the static zero
@@ -76,6 +111,9 @@ impl Clone for Memory {
             tlb: Tlb::new(),
             code_pages: HashSet::new(),
             dirty_code: Vec::new(),
+            watches: self.watches.clone(),
+            watched_pages: self.watched_pages.clone(),
+            watch_hit: None,
         }
     }
 }
@@ -88,6 +126,9 @@ impl Default for Memory {
             tlb: Tlb::new(),
             code_pages: HashSet::new(),
             dirty_code: Vec::new(),
+            watches: Vec::new(),
+            watched_pages: HashSet::new(),
+            watch_hit: None,
         }
     }
 }
@@ -160,7 +201,55 @@ impl Memory {
         }
     }
 
+    /// Replaces the watchpoints.
+    pub fn set_watches(&mut self, watches: Vec<Watch>) {
+        self.watched_pages.clear();
+        for w in &watches {
+            if w.len == 0 {
+                continue;
+            }
+            for pn in (w.start >> 12)..=((w.start + w.len - 1) >> 12) {
+                self.watched_pages.insert(pn);
+            }
+        }
+        self.watches = watches;
+        self.flush_tlb();
+    }
+
+    /// The current watchpoints.
+    pub fn watches(&self) -> &[Watch] {
+        &self.watches
+    }
+
+    fn note_access(&mut self, addr: u64, old: &[u8], new: &[u8], write: bool) {
+        if self.watch_hit.is_some() {
+            return;
+        }
+        let end = addr + old.len() as u64;
+        for w in &self.watches {
+            let kind_ok = match w.kind {
+                WatchKind::Write => write,
+                WatchKind::Read => !write,
+                WatchKind::Access => true,
+            };
+            if kind_ok && addr < w.start + w.len && w.start < end {
+                self.watch_hit = Some(WatchHit {
+                    watch: *w,
+                    addr,
+                    len: old.len(),
+                    write,
+                    old: old.to_vec(),
+                    new: new.to_vec(),
+                });
+                return;
+            }
+        }
+    }
+
     fn fill_read(&mut self, pn: u64) {
+        if self.watched_pages.contains(&pn) {
+            return;
+        }
         let i = pn as usize % TLB_SIZE;
         self.tlb.rtag[i] = pn;
         self.tlb.rptr[i] = match self.pages.get(pn) {
@@ -170,6 +259,9 @@ impl Memory {
     }
 
     fn fill_write(&mut self, pn: u64) {
+        if self.watched_pages.contains(&pn) {
+            return;
+        }
         if self.code_pages.remove(&pn) {
             self.dirty_code.push(pn);
         }
@@ -183,16 +275,30 @@ impl Memory {
 
     #[cold]
     fn read_slow(&mut self, addr: u64, out: &mut [u8]) -> Result<(), Fault> {
+        let mut watched = false;
         for (k, b) in out.iter_mut().enumerate() {
             let a = addr.wrapping_add(k as u64);
             let pn = a >> 12;
             let i = pn as usize % TLB_SIZE;
             if self.tlb.rtag[i] != pn {
                 self.check(a, PROT_READ, false)?;
+                if self.watched_pages.contains(&pn) {
+                    watched = true;
+                    *b = self
+                        .pages
+                        .get(pn)
+                        .map(|p| p.data()[(a & 0xfff) as usize])
+                        .unwrap_or(0);
+                    continue;
+                }
                 self.fill_read(pn);
             }
             // SAFETY: entry filled above for this page; offset < 4096.
             *b = unsafe { *self.tlb.rptr[i].add((a & 0xfff) as usize) };
+        }
+        if watched {
+            let copy = out.to_vec();
+            self.note_access(addr, &copy, &copy, false);
         }
         Ok(())
     }
@@ -210,15 +316,47 @@ impl Memory {
                 )?;
             }
         }
+        let watched = !self.watched_pages.is_empty()
+            && (self.watched_pages.contains(&(addr >> 12))
+                || self.watched_pages.contains(&(last >> 12)));
+        let old = if watched {
+            let mut o = vec![0u8; data.len()];
+            for (k, b) in o.iter_mut().enumerate() {
+                let a = addr.wrapping_add(k as u64);
+                *b = self
+                    .pages
+                    .get(a >> 12)
+                    .map(|p| p.data()[(a & 0xfff) as usize])
+                    .unwrap_or(0);
+            }
+            Some(o)
+        } else {
+            None
+        };
         for (k, b) in data.iter().enumerate() {
             let a = addr.wrapping_add(k as u64);
             let pn = a >> 12;
             let i = pn as usize % TLB_SIZE;
             if self.tlb.wtag[i] != pn {
+                if self.watched_pages.contains(&pn) {
+                    // Write without caching a translation, so the next write is checked too.
+                    if self.code_pages.remove(&pn) {
+                        self.dirty_code.push(pn);
+                    }
+                    self.pages.get_mut(pn).data_mut()[(a & 0xfff) as usize] = *b;
+                    let j = pn as usize % TLB_SIZE;
+                    if self.tlb.rtag[j] == pn {
+                        self.tlb.rtag[j] = NO_TAG;
+                    }
+                    continue;
+                }
                 self.fill_write(pn);
             }
             // SAFETY: entry filled above for this page; offset < 4096.
             unsafe { *self.tlb.wptr[i].add((a & 0xfff) as usize) = *b };
+        }
+        if let Some(old) = old {
+            self.note_access(addr, &old, data, true);
         }
         Ok(())
     }

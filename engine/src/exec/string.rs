@@ -106,6 +106,11 @@ impl Machine {
             if cmp_like && ((i.has_rep_prefix() && !zf) || (i.has_repne_prefix() && zf)) {
                 return Ok(done);
             }
+            if self.mem.watch_hit.is_some() {
+                // A watchpoint traps after this iteration; the rest of the rep is to come.
+                self.cpu.rip = i.ip();
+                return Ok(done);
+            }
         }
     }
 }

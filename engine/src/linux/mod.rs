@@ -225,6 +225,7 @@ impl Machine {
     /// Executes the syscall in RAX; the result goes to RAX. `Err(Ex::Stop)` ends the run.
     pub(crate) fn syscall(&mut self) -> R<()> {
         let nr = self.cpu.gpr[RAX];
+        self.host.at_icount(self.icount);
         let r = self.syscall_inner(nr);
         match r {
             Ok(v) => self.cpu.gpr[RAX] = v as u64,

@@ -1,0 +1,398 @@
+//! The timeline: one run of a guest as a history that can be travelled in both directions.
+//!
+//! The timeline owns the machine and snapshots keyed by icount. `goto(n)` restores the nearest
+//! snapshot at or before `n` and runs forward exactly to `n`; running past the end of the
+//! history extends it. `reverse_continue` replays the interval that ends at the present and
+//! remembers the *last* breakpoint or watchpoint hit before the present, going one interval
+//! further back each time it finds none (as rr's ReplayTimeline does, with icount alone naming
+//! every state).
+//!
+//! Re-execution must see exactly the inputs the first execution saw and must not print again:
+//! the timeline wraps the front end's `Host` in a replaying host that logs stdin by the icount
+//! of the syscall that consumed it and suppresses guest output below the history frontier.
+
+use crate::host::{Host, HostStat};
+use crate::machine::{Machine, Snapshot, StopReason};
+use crate::mem::{Watch, WatchHit};
+use fx86_snapshots::FileKind;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Default snapshot interval in instructions (a few milliseconds of replay at engine speed).
+pub const DEFAULT_INTERVAL: u64 = 500_000;
+/// Default memory budget for snapshots.
+pub const DEFAULT_SNAPSHOT_MEMORY: u64 = 1 << 30;
+/// Longest stretch run between checks of the cancel flag.
+const SLICE: u64 = 2_000_000;
+
+/// Where a reverse move stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReverseStop {
+    /// At an instruction with a breakpoint (address).
+    Breakpoint(u64),
+    /// Just before the instruction that made this watched access.
+    Watch(WatchHit),
+    /// At icount 0: nothing earlier matched.
+    HistoryStart,
+    /// The cancel flag was raised; the machine is at some earlier valid point.
+    Cancelled,
+}
+
+/// Guest output with the icount of the syscall that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub icount: u64,
+    pub fd: i32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Logs {
+    stdin: BTreeMap<u64, Vec<u8>>,
+    output: Vec<OutputChunk>,
+}
+
+/// The host as seen during a timeline: live past the frontier, replayed before it.
+struct ReplayHost {
+    inner: Box<dyn Host>,
+    icount: u64,
+    frontier: Arc<AtomicU64>,
+    logs: Arc<Mutex<Logs>>,
+}
+
+impl ReplayHost {
+    fn replaying(&self) -> bool {
+        self.icount < self.frontier.load(Ordering::Relaxed)
+    }
+}
+
+impl Host for ReplayHost {
+    fn read_stdin(&mut self, max: usize) -> Vec<u8> {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.replaying() {
+            let mut v = logs.stdin.get(&self.icount).cloned().unwrap_or_default();
+            v.truncate(max);
+            return v;
+        }
+        let v = self.inner.read_stdin(max);
+        logs.stdin.insert(self.icount, v.clone());
+        v
+    }
+    fn write_output(&mut self, fd: i32, data: &[u8]) {
+        if self.replaying() {
+            return;
+        }
+        self.inner.write_output(fd, data);
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.output.push(OutputChunk {
+            icount: self.icount,
+            fd,
+            data: data.to_vec(),
+        });
+    }
+    fn diagnostic(&mut self, msg: &str) {
+        if !self.replaying() {
+            self.inner.diagnostic(msg);
+        }
+    }
+    fn lstat(&mut self, path: &str) -> Option<HostStat> {
+        self.inner.lstat(path)
+    }
+    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
+        self.inner.read_file(path)
+    }
+    fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {
+        self.inner.read_link(path)
+    }
+    fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>> {
+        self.inner.list_dir(path)
+    }
+    fn at_icount(&mut self, icount: u64) {
+        self.icount = icount;
+    }
+}
+
+/// A host that has nothing: the placeholder while the real one is moved.
+struct NoHost;
+impl Host for NoHost {
+    fn read_stdin(&mut self, _max: usize) -> Vec<u8> {
+        Vec::new()
+    }
+    fn write_output(&mut self, _fd: i32, _data: &[u8]) {}
+    fn diagnostic(&mut self, _msg: &str) {}
+    fn lstat(&mut self, _path: &str) -> Option<HostStat> {
+        None
+    }
+    fn read_file(&mut self, _path: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn read_link(&mut self, _path: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn list_dir(&mut self, _path: &str) -> Option<Vec<(String, FileKind)>> {
+        None
+    }
+}
+
+/// One run of a guest, with its history.
+pub struct Timeline {
+    machine: Machine,
+    snaps: BTreeMap<u64, Snapshot>,
+    interval: u64,
+    max_snapshots: usize,
+    /// Furthest icount executed so far.
+    end: u64,
+    frontier: Arc<AtomicU64>,
+    logs: Arc<Mutex<Logs>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Timeline {
+    /// Takes over `machine` (at icount 0) with a snapshot every `interval` instructions and
+    /// at most `snapshot_memory` bytes of snapshots (estimated from pages held).
+    pub fn new(mut machine: Machine, interval: u64, snapshot_memory: u64) -> Timeline {
+        let frontier = Arc::new(AtomicU64::new(machine.icount));
+        let logs = Arc::new(Mutex::new(Logs::default()));
+        let inner = std::mem::replace(&mut machine.host, Box::new(NoHost));
+        machine.host = Box::new(ReplayHost {
+            inner,
+            icount: 0,
+            frontier: frontier.clone(),
+            logs: logs.clone(),
+        });
+        let mut snaps = BTreeMap::new();
+        let s = machine.snapshot();
+        let per_snapshot = (s.page_count() as u64 * 4096).max(1 << 20);
+        snaps.insert(machine.icount, s);
+        let end = machine.icount;
+        Timeline {
+            machine,
+            snaps,
+            interval: interval.max(1000),
+            max_snapshots: (snapshot_memory / per_snapshot).clamp(8, 100_000) as usize,
+            end,
+            frontier,
+            logs,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The machine at the present point (read its registers and memory freely; change it only
+    /// through the timeline).
+    pub fn machine(&mut self) -> &mut Machine {
+        &mut self.machine
+    }
+
+    /// The present icount.
+    pub fn icount(&self) -> u64 {
+        self.machine.icount
+    }
+
+    /// The furthest icount executed so far (the end of history).
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Raise it (from any thread) to stop a long move early.
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Snapshot count and an estimate of the memory they hold (distinct pages, 4 KiB each).
+    pub fn snapshot_stats(&self) -> (usize, u64) {
+        let mut seen = HashSet::new();
+        for s in self.snaps.values() {
+            s.for_each_page(|p| {
+                seen.insert(p);
+            });
+        }
+        (self.snaps.len(), seen.len() as u64 * 4096)
+    }
+
+    /// Guest output written at icounts below `icount` (what the terminal showed then).
+    pub fn output_before(&self, icount: u64) -> Vec<OutputChunk> {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.output
+            .iter()
+            .filter(|c| c.icount < icount)
+            .cloned()
+            .collect()
+    }
+
+    pub fn set_breakpoints(&mut self, bps: impl IntoIterator<Item = u64>) {
+        self.machine.set_breakpoints(bps);
+    }
+
+    pub fn set_watches(&mut self, w: Vec<Watch>) {
+        self.machine.mem.set_watches(w);
+    }
+
+    fn note_progress(&mut self) {
+        if self.machine.icount > self.end {
+            self.end = self.machine.icount;
+            self.frontier.store(self.end, Ordering::Relaxed);
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let ic = self.machine.icount;
+        if ic.is_multiple_of(self.interval) && !self.snaps.contains_key(&ic) {
+            let s = self.machine.snapshot();
+            self.snaps.insert(ic, s);
+            self.thin();
+        }
+    }
+
+    /// Keeps the snapshot count under budget: drops every other snapshot in the older half,
+    /// so they stay dense near the present and sparse far back. Icount 0 is always kept.
+    fn thin(&mut self) {
+        if self.snaps.len() <= self.max_snapshots {
+            return;
+        }
+        let keys: Vec<u64> = self.snaps.keys().copied().collect();
+        let half = keys.len() / 2;
+        for (k, ic) in keys[..half].iter().enumerate() {
+            if k % 2 == 1 && *ic != 0 {
+                self.snaps.remove(ic);
+            }
+        }
+    }
+
+    /// Runs forward until `limit`, a breakpoint, a watchpoint, or the guest's end, extending
+    /// the history and taking snapshots on the way. A breakpoint at the starting point does not
+    /// count (gdb's rule).
+    pub fn run_forward(&mut self, limit: u64) -> StopReason {
+        let mut first = true;
+        loop {
+            if self.cancel.swap(false, Ordering::Relaxed) {
+                return StopReason::Limit;
+            }
+            let ic = self.machine.icount;
+            let next = (ic / self.interval + 1) * self.interval;
+            let target = limit.min(next).min(ic.saturating_add(SLICE));
+            let r = if first {
+                self.machine.run(target)
+            } else {
+                self.machine.run_continuing(target)
+            };
+            first = false;
+            self.note_progress();
+            match r {
+                StopReason::Limit if self.machine.icount < limit => self.maybe_snapshot(),
+                StopReason::Limit => {
+                    self.maybe_snapshot();
+                    return r;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs without stops to exactly `target` (or the guest's end).
+    fn replay_to(&mut self, target: u64) {
+        let bps: Vec<u64> = self.machine.breakpoints().iter().copied().collect();
+        let watches = self.machine.mem.watches().to_vec();
+        self.machine.set_breakpoints([]);
+        self.machine.mem.set_watches(Vec::new());
+        while self.machine.icount < target {
+            let ic = self.machine.icount;
+            let next = (ic / self.interval + 1) * self.interval;
+            let r = self.machine.run(target.min(next));
+            self.note_progress();
+            if r != StopReason::Limit {
+                break;
+            }
+            self.maybe_snapshot();
+        }
+        self.machine.set_breakpoints(bps);
+        self.machine.mem.set_watches(watches);
+    }
+
+    fn restore_at_or_before(&mut self, n: u64) {
+        let (_, s) = self
+            .snaps
+            .range(..=n)
+            .next_back()
+            .expect("a snapshot at the start always exists");
+        let s = s.clone();
+        self.machine.restore(&s);
+    }
+
+    /// Moves to icount `n` exactly. Past the end of history this runs forward (and stops at
+    /// the guest's end if it comes first).
+    pub fn goto(&mut self, n: u64) {
+        let cur = self.machine.icount;
+        // Going forward from here is cheaper than restoring if no snapshot lies in between.
+        let best = self
+            .snaps
+            .range(..=n)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(0);
+        if !(cur <= n && cur >= best) {
+            self.restore_at_or_before(n);
+        }
+        self.replay_to(n);
+    }
+
+    /// Moves `k` instructions back (to icount 0 at most).
+    pub fn step_back(&mut self, k: u64) {
+        let n = self.machine.icount.saturating_sub(k);
+        self.goto(n);
+    }
+
+    /// Finds the last breakpoint or watchpoint hit strictly before the present and moves there;
+    /// with none, moves to icount 0.
+    pub fn reverse_continue(&mut self) -> ReverseStop {
+        let present = self.machine.icount;
+        let starts: Vec<u64> = self.snaps.range(..present).map(|(k, _)| *k).rev().collect();
+        let mut hi = present;
+        for lo in starts {
+            if self.cancel.swap(false, Ordering::Relaxed) {
+                self.goto(hi);
+                return ReverseStop::Cancelled;
+            }
+            if let Some((pos, stop)) = self.last_hit_in(lo, hi) {
+                self.goto(pos);
+                return stop;
+            }
+            hi = lo;
+        }
+        self.goto(0);
+        ReverseStop::HistoryStart
+    }
+
+    /// The last stop position in `[lo, hi)`, by replaying the interval from its snapshot.
+    fn last_hit_in(&mut self, lo: u64, hi: u64) -> Option<(u64, ReverseStop)> {
+        let s = self
+            .snaps
+            .get(&lo)
+            .expect("interval starts at a snapshot")
+            .clone();
+        self.machine.restore(&s);
+        let mut last = None;
+        // The state at `lo` itself counts as a breakpoint position, and so does the state
+        // right after a watched access; only a breakpoint just reported is skipped.
+        let mut check_start = true;
+        while self.machine.icount < hi {
+            let r = if check_start {
+                self.machine.run_continuing(hi)
+            } else {
+                self.machine.run(hi)
+            };
+            match r {
+                StopReason::Breakpoint(addr) => {
+                    last = Some((self.machine.icount, ReverseStop::Breakpoint(addr)));
+                    check_start = false;
+                }
+                StopReason::Watch(hit) => {
+                    last = Some((self.machine.icount - 1, ReverseStop::Watch(hit)));
+                    check_start = true;
+                }
+                _ => break,
+            }
+        }
+        last
+    }
+}
