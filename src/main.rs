@@ -55,6 +55,12 @@ enum Cmd {
     },
     /// Run a demo guest with a bug and show what happened.
     Demo,
+    /// Benchmark time travel on a program: forward speed with snapshots on and off,
+    /// reverse-step latency at the end of history, reverse-continue over the whole history.
+    BenchTimeline {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        prog: Vec<String>,
+    },
 }
 
 /// Finds `prog` as a shell does: a name with a slash is a path, otherwise search PATH.
@@ -189,6 +195,68 @@ fn report(stop: &StopReason, icount: u64) -> i32 {
     stop.exit_status()
 }
 
+fn bench_timeline(prog: &[String]) -> i32 {
+    let quiet = || StdHost {
+        capture: Some(Vec::new()),
+        ..Default::default()
+    };
+    let load = |h| match load_guest(prog, 0, h) {
+        Ok(m) => Some(m),
+        Err((_, msg)) => {
+            eprintln!("fx86: {msg}");
+            None
+        }
+    };
+    let Some(mut plain) = load(quiet()) else {
+        return 127;
+    };
+    let t = Instant::now();
+    plain.run(u64::MAX);
+    let off = t.elapsed().as_secs_f64();
+    let total = plain.icount;
+    let Some(m) = load(quiet()) else { return 127 };
+    let mut tl = Timeline::new(m, fx86_engine::timeline::DEFAULT_INTERVAL, 4 << 30);
+    let t = Instant::now();
+    tl.run_forward(u64::MAX);
+    let on = t.elapsed().as_secs_f64();
+    let (snaps, bytes) = tl.snapshot_stats();
+    println!(
+        "history: {total} instructions; {snaps} snapshots holding {:.1} MiB",
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "forward: snapshots off {:.3} s ({:.1} MIPS), on {:.3} s ({:.1} MIPS), overhead {:+.1}%",
+        off,
+        total as f64 / off / 1e6,
+        on,
+        total as f64 / on / 1e6,
+        (on / off - 1.0) * 100.0
+    );
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        tl.step_back(1);
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "reverse-step at the end: p50 {:.2} ms, p99 {:.2} ms",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+    tl.goto(tl.end());
+    // A breakpoint that is never hit makes reverse-continue search the whole history.
+    tl.set_breakpoints([1]);
+    let t = Instant::now();
+    let r = tl.reverse_continue();
+    let rc = t.elapsed().as_secs_f64();
+    println!(
+        "reverse-continue over the whole history: {rc:.3} s ({:.2}x the forward run) -> {r:?}",
+        rc / on
+    );
+    0
+}
+
 fn demo() -> i32 {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests");
     let bin = std::env::temp_dir().join("fx86-demo-overflow");
@@ -268,6 +336,7 @@ fn main() -> Result<()> {
             prog,
         } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
+        Cmd::BenchTimeline { prog } => bench_timeline(&prog),
     };
     std::process::exit(code);
 }
