@@ -52,20 +52,87 @@ impl Page {
 }
 
 #[derive(Clone)]
-enum Node {
+enum Kids {
     Inner(Box<[Option<Arc<Node>>]>),
     Leaf(Box<[Option<Arc<Page>>]>),
 }
 
-impl Node {
-    fn new(level: u32) -> Node {
-        if level == 0 {
-            Node::Leaf(vec![None; FANOUT].into_boxed_slice())
-        } else {
-            Node::Inner(vec![None; FANOUT].into_boxed_slice())
+/// A tree node with its cached Merkle hash (cleared whenever the node is made mutable, so a
+/// hash costs O(pages changed since the last one)).
+struct Node {
+    kids: Kids,
+    hash: OnceLock<[u8; 32]>,
+}
+
+impl Clone for Node {
+    fn clone(&self) -> Self {
+        Node {
+            kids: self.kids.clone(),
+            hash: OnceLock::new(),
         }
     }
 }
+
+impl Node {
+    fn new(level: u32) -> Node {
+        let kids = if level == 0 {
+            Kids::Leaf(vec![None; FANOUT].into_boxed_slice())
+        } else {
+            Kids::Inner(vec![None; FANOUT].into_boxed_slice())
+        };
+        Node {
+            kids,
+            hash: OnceLock::new(),
+        }
+    }
+
+    /// Makes `arc` unique and forgets its cached hash (it is about to change).
+    fn make_mut(arc: &mut Arc<Node>) -> &mut Node {
+        let n = Arc::make_mut(arc);
+        n.hash = OnceLock::new();
+        n
+    }
+
+    fn merkle(&self, zero: &[u8; 32]) -> [u8; 32] {
+        *self.hash.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            match &self.kids {
+                Kids::Inner(kids) => {
+                    for (i, k) in kids.iter().enumerate() {
+                        if let Some(k) = k {
+                            let kh = k.merkle(zero);
+                            if kh != EMPTY {
+                                h.update(&(i as u16).to_le_bytes());
+                                h.update(&kh);
+                            }
+                        }
+                    }
+                }
+                Kids::Leaf(pages) => {
+                    for (i, p) in pages.iter().enumerate() {
+                        if let Some(p) = p {
+                            let ph = p.hash();
+                            if ph != *zero {
+                                h.update(&(i as u16).to_le_bytes());
+                                h.update(&ph);
+                            }
+                        }
+                    }
+                }
+            }
+            let out = *h.finalize().as_bytes();
+            if out == *EMPTY_NODE.get_or_init(|| *blake3::Hasher::new().finalize().as_bytes()) {
+                EMPTY
+            } else {
+                out
+            }
+        })
+    }
+}
+
+/// The hash of a node with nothing but zero pages under it.
+const EMPTY: [u8; 32] = [0; 32];
+static EMPTY_NODE: OnceLock<[u8; 32]> = OnceLock::new();
 
 fn index(pn: u64, level: u32) -> usize {
     ((pn >> (9 * level)) & (FANOUT as u64 - 1)) as usize
@@ -96,12 +163,12 @@ impl PageTree {
         let mut node = &self.root;
         let mut level = LEVELS - 1;
         loop {
-            match &**node {
-                Node::Inner(kids) => {
+            match &node.kids {
+                Kids::Inner(kids) => {
                     node = kids[index(pn, level)].as_ref()?;
                     level -= 1;
                 }
-                Node::Leaf(pages) => return pages[index(pn, 0)].as_ref(),
+                Kids::Leaf(pages) => return pages[index(pn, 0)].as_ref(),
             }
         }
     }
@@ -109,17 +176,17 @@ impl PageTree {
     /// The page at `pn`, made unique to this tree (copied if shared, created zeroed if absent).
     /// The returned page's cached hash is cleared because the caller is about to write it.
     pub fn get_mut(&mut self, pn: u64) -> &mut Page {
-        let mut node = Arc::make_mut(&mut self.root);
+        let mut node = Node::make_mut(&mut self.root);
         let mut level = LEVELS - 1;
         loop {
-            match node {
-                Node::Inner(kids) => {
+            match &mut node.kids {
+                Kids::Inner(kids) => {
                     let slot = &mut kids[index(pn, level)];
                     let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
-                    node = Arc::make_mut(child);
+                    node = Node::make_mut(child);
                     level -= 1;
                 }
-                Node::Leaf(pages) => {
+                Kids::Leaf(pages) => {
                     let slot = &mut pages[index(pn, 0)];
                     let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
                     page.hash = OnceLock::new();
@@ -133,9 +200,9 @@ impl PageTree {
     pub fn remove_range(&mut self, lo: u64, hi: u64) {
         fn walk(node: &mut Arc<Node>, level: u32, base: u64, lo: u64, hi: u64) {
             let span = 1u64 << (9 * level);
-            let n = Arc::make_mut(node);
-            match n {
-                Node::Inner(kids) => {
+            let n = Node::make_mut(node);
+            match &mut n.kids {
+                Kids::Inner(kids) => {
                     for (i, kid) in kids.iter_mut().enumerate() {
                         let start = base + i as u64 * span;
                         let end = start + span;
@@ -149,7 +216,7 @@ impl PageTree {
                         }
                     }
                 }
-                Node::Leaf(pages) => {
+                Kids::Leaf(pages) => {
                     for (i, p) in pages.iter_mut().enumerate() {
                         let pn = base + i as u64;
                         if pn >= lo && pn < hi {
@@ -180,17 +247,17 @@ impl PageTree {
 
     /// Puts a shared page at `pn`.
     pub fn insert(&mut self, pn: u64, page: Arc<Page>) {
-        let mut node = Arc::make_mut(&mut self.root);
+        let mut node = Node::make_mut(&mut self.root);
         let mut level = LEVELS - 1;
         loop {
-            match node {
-                Node::Inner(kids) => {
+            match &mut node.kids {
+                Kids::Inner(kids) => {
                     let slot = &mut kids[index(pn, level)];
                     let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
-                    node = Arc::make_mut(child);
+                    node = Node::make_mut(child);
                     level -= 1;
                 }
-                Node::Leaf(pages) => {
+                Kids::Leaf(pages) => {
                     pages[index(pn, 0)] = Some(page);
                     return;
                 }
@@ -209,8 +276,8 @@ impl PageTree {
             f: &mut dyn FnMut(u64, &Arc<Page>),
         ) {
             let span = 1u64 << (9 * level);
-            match node {
-                Node::Inner(kids) => {
+            match &node.kids {
+                Kids::Inner(kids) => {
                     for (i, kid) in kids.iter().enumerate() {
                         let start = base + i as u64 * span;
                         if start + span <= lo || start >= hi {
@@ -221,7 +288,7 @@ impl PageTree {
                         }
                     }
                 }
-                Node::Leaf(pages) => {
+                Kids::Leaf(pages) => {
                     for (i, p) in pages.iter().enumerate() {
                         let pn = base + i as u64;
                         if pn >= lo && pn < hi {
@@ -236,17 +303,17 @@ impl PageTree {
         walk(&self.root, LEVELS - 1, 0, lo, hi, &mut f);
     }
 
-    /// Feeds every present page (number and content hash) into `h`. All-zero pages are skipped
-    /// so that "never written" and "written with zeros" hash alike.
-    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+    /// The Merkle root over every non-zero page (its number and content hash). All-zero pages
+    /// are skipped so that "never written" and "written with zeros" hash alike. Cached per
+    /// node: the cost is proportional to the pages changed since the last call.
+    pub fn root_hash(&self) -> [u8; 32] {
         let zero = *ZERO_HASH.get_or_init(|| *blake3::hash(&[0u8; PAGE_SIZE]).as_bytes());
-        self.for_each_in(0, u64::MAX, |pn, p| {
-            let ph = p.hash();
-            if ph != zero {
-                h.update(&pn.to_le_bytes());
-                h.update(&ph);
-            }
-        });
+        self.root.merkle(&zero)
+    }
+
+    /// Feeds the Merkle root into `h`.
+    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+        h.update(&self.root_hash());
     }
 
     /// Number of pages present.
@@ -287,6 +354,31 @@ mod tests {
         assert!(t.get(513).is_none());
         assert_eq!(t.get(1000).unwrap().data()[1], 513u64 as u8 | 1);
         assert_eq!(t.page_count(), 3);
+    }
+
+    #[test]
+    fn merkle_root_is_cached_and_invalidated_along_the_path() {
+        let mut a = PageTree::new();
+        for pn in [3u64, 700, 1 << 20] {
+            a.get_mut(pn).data_mut()[0] = pn as u8 | 1;
+        }
+        let ra = a.root_hash();
+        let mut b = a.clone();
+        assert_eq!(b.root_hash(), ra);
+        b.get_mut(700).data_mut()[1] = 5;
+        assert_ne!(b.root_hash(), ra);
+        assert_eq!(a.root_hash(), ra, "the shared original keeps its hash");
+        b.get_mut(700).data_mut()[1] = 0;
+        assert_eq!(b.root_hash(), ra, "same content, same root");
+        // Built in another order, same content: same root.
+        let mut c = PageTree::new();
+        for pn in [1u64 << 20, 3, 700] {
+            c.get_mut(pn).data_mut()[0] = pn as u8 | 1;
+        }
+        c.get_mut(9999);
+        assert_eq!(c.root_hash(), ra);
+        c.remove_range(700, 701);
+        assert_ne!(c.root_hash(), ra);
     }
 
     #[test]
