@@ -262,13 +262,31 @@ impl Machine {
     pub fn restore(&mut self, s: &Snapshot) {
         let watches = self.mem.watches().to_vec();
         self.cpu = s.cpu.clone();
-        self.mem = s.mem.clone();
+        let old = std::mem::replace(&mut self.mem, s.mem.clone());
         self.mem.set_watches(watches);
         self.kernel = s.kernel.clone();
         self.icount = s.icount;
         self.ended = s.ended.clone();
-        self.blocks.clear();
         self.flush_blocks = false;
+        // Decoded blocks stay valid where the code page is the very same page (shared, so
+        // unchanged) and still executable; the rest are decoded again.
+        let code_pages: Vec<u64> = self.blocks.by_page.keys().copied().collect();
+        for pn in code_pages {
+            let same = match (old.pages.get(pn), self.mem.pages.get(pn)) {
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            let exec = self
+                .mem
+                .vma_at(pn << 12)
+                .is_some_and(|(_, v)| v.prot & crate::mem::PROT_EXEC != 0);
+            if same && exec {
+                self.mem.mark_code(pn);
+            } else {
+                self.blocks.invalidate_page(pn);
+            }
+        }
     }
 
     /// Replaces the breakpoint set.
