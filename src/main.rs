@@ -159,7 +159,7 @@ fn run(
             }
         }
     }
-    let mut tl = Timeline::new(m, fx86_engine::timeline::DEFAULT_INTERVAL, snapshot_memory);
+    let mut tl = Timeline::with_adaptive_interval(m, snapshot_memory);
     let stop = tl.run_forward(max_insns.unwrap_or(u64::MAX));
     let wall = start.elapsed().as_secs_f64();
     let icount = tl.icount();
@@ -215,7 +215,7 @@ fn bench_timeline(prog: &[String]) -> i32 {
     let off = t.elapsed().as_secs_f64();
     let total = plain.icount;
     let Some(m) = load(quiet()) else { return 127 };
-    let mut tl = Timeline::new(m, fx86_engine::timeline::DEFAULT_INTERVAL, 4 << 30);
+    let mut tl = Timeline::with_adaptive_interval(m, 4 << 30);
     let t = Instant::now();
     tl.run_forward(u64::MAX);
     let on = t.elapsed().as_secs_f64();

@@ -244,3 +244,34 @@ fn watchpoints_see_every_write_path() {
     }
     assert_eq!(tl.reverse_continue(), ReverseStop::HistoryStart);
 }
+
+#[test]
+fn long_moves_report_progress_and_can_be_cancelled() {
+    let bin = build(&guest_src("intops.c"), "musl-gcc", "-O2");
+    let prog = bin.to_str().unwrap();
+    let (m, _) = machine(prog, &["2000000"], b"");
+    let mut tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    let cancel = tl.cancel_handle();
+    let progress = tl.progress();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let r = tl.run_forward(u64::MAX);
+    t.join().unwrap();
+    // intops with 2,000,000 iterations runs ~340 million instructions: it cannot finish in
+    // 300 ms, so the run must have stopped on the cancel, at a valid point.
+    assert_eq!(r, StopReason::Limit);
+    let stopped = tl.icount();
+    assert!(stopped > 0 && progress.done.load(std::sync::atomic::Ordering::Relaxed) == stopped);
+    assert!(
+        (100_000..=20_000_000).contains(&tl.interval()),
+        "adaptive interval {}",
+        tl.interval()
+    );
+    // The history is intact: go back to the middle and compare with a straight run.
+    tl.goto(stopped / 2);
+    let (mut straight, _) = machine(prog, &["2000000"], b"");
+    straight.run(stopped / 2);
+    assert_eq!(tl.machine().state_hash(), straight.state_hash());
+}

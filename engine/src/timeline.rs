@@ -23,8 +23,19 @@ use std::sync::{Arc, Mutex};
 pub const DEFAULT_INTERVAL: u64 = 500_000;
 /// Default memory budget for snapshots.
 pub const DEFAULT_SNAPSHOT_MEMORY: u64 = 1 << 30;
-/// Longest stretch run between checks of the cancel flag.
-const SLICE: u64 = 2_000_000;
+/// Longest stretch run between checks of the cancel flag and progress updates.
+const SLICE: u64 = 1_000_000;
+/// Replay time one snapshot interval should cost.
+const INTERVAL_TARGET_SECS: f64 = 0.003;
+
+/// How far a long move has got, for front ends to show (and poll from another thread).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Instructions executed so far by the current move.
+    pub done: AtomicU64,
+    /// Instructions the move expects to execute (0 when unknown, e.g. running forward).
+    pub total: AtomicU64,
+}
 
 /// Where a reverse move stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +157,9 @@ pub struct Timeline {
     frontier: Arc<AtomicU64>,
     logs: Arc<Mutex<Logs>>,
     cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    /// Whether the interval adapts to the engine's measured speed.
+    adaptive: bool,
 }
 
 impl Timeline {
@@ -175,7 +189,36 @@ impl Timeline {
             frontier,
             logs,
             cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::default()),
+            adaptive: false,
         }
+    }
+
+    /// Like `new`, with the interval chosen from the engine's measured speed so that
+    /// replaying one interval takes a few milliseconds (between 100,000 and 20,000,000).
+    pub fn with_adaptive_interval(machine: Machine, snapshot_memory: u64) -> Timeline {
+        let mut t = Timeline::new(machine, DEFAULT_INTERVAL, snapshot_memory);
+        t.adaptive = true;
+        t
+    }
+
+    /// The current snapshot interval in instructions.
+    pub fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    /// Progress of the current (or last) long move.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    fn progress_start(&self, total: u64) {
+        self.progress.done.store(0, Ordering::Relaxed);
+        self.progress.total.store(total, Ordering::Relaxed);
+    }
+
+    fn progress_add(&self, n: u64) {
+        self.progress.done.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The machine at the present point (read its registers and memory freely; change it only
@@ -235,12 +278,53 @@ impl Timeline {
         }
     }
 
-    fn maybe_snapshot(&mut self) {
+    /// The snapshot spacing at `ic`: the interval past the end of history, and an eighth of
+    /// it inside history, so that replays (goto, backward searches) leave dense snapshots
+    /// behind them and repeated reverse steps stay cheap.
+    fn step_at(&self, ic: u64) -> u64 {
+        if ic < self.end {
+            (self.interval / 8).max(1000)
+        } else {
+            self.interval
+        }
+    }
+
+    /// Where the slice starting at `ic` ends: the next snapshot point, `limit`, or one slice.
+    fn slice_end(&self, ic: u64, limit: u64) -> (u64, u64) {
+        let step = self.step_at(ic);
+        let last = self
+            .snaps
+            .range(..=ic)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(0);
+        let mut e = last.saturating_add(step);
+        if e <= ic {
+            e = ic.saturating_add(step);
+        }
+        (e.min(limit).min(ic.saturating_add(SLICE)), step)
+    }
+
+    fn maybe_snapshot(&mut self, step: u64) {
         let ic = self.machine.icount;
-        if ic.is_multiple_of(self.interval) && !self.snaps.contains_key(&ic) {
+        let last = self
+            .snaps
+            .range(..=ic)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(0);
+        if ic - last >= step && !self.snaps.contains_key(&ic) {
             let s = self.machine.snapshot();
             self.snaps.insert(ic, s);
             self.thin();
+        }
+    }
+
+    /// Sets the interval from the speed of the slice just run (adaptive timelines only).
+    fn adapt(&mut self, executed: u64, secs: f64) {
+        if self.adaptive && executed >= 200_000 && secs > 0.0 {
+            let per_sec = executed as f64 / secs;
+            self.interval = ((per_sec * INTERVAL_TARGET_SECS) as u64).clamp(100_000, 20_000_000);
         }
     }
 
@@ -264,24 +348,32 @@ impl Timeline {
     /// count (gdb's rule).
     pub fn run_forward(&mut self, limit: u64) -> StopReason {
         let mut first = true;
+        self.progress_start(if limit == u64::MAX {
+            0
+        } else {
+            limit.saturating_sub(self.machine.icount)
+        });
         loop {
             if self.cancel.swap(false, Ordering::Relaxed) {
                 return StopReason::Limit;
             }
             let ic = self.machine.icount;
-            let next = (ic / self.interval + 1) * self.interval;
-            let target = limit.min(next).min(ic.saturating_add(SLICE));
+            let (target, step) = self.slice_end(ic, limit);
+            let t0 = std::time::Instant::now();
             let r = if first {
                 self.machine.run(target)
             } else {
                 self.machine.run_continuing(target)
             };
             first = false;
+            let ran = self.machine.icount - ic;
+            self.adapt(ran, t0.elapsed().as_secs_f64());
+            self.progress_add(ran);
             self.note_progress();
             match r {
-                StopReason::Limit if self.machine.icount < limit => self.maybe_snapshot(),
+                StopReason::Limit if self.machine.icount < limit => self.maybe_snapshot(step),
                 StopReason::Limit => {
-                    self.maybe_snapshot();
+                    self.maybe_snapshot(step);
                     return r;
                 }
                 other => return other,
@@ -296,14 +388,18 @@ impl Timeline {
         self.machine.set_breakpoints([]);
         self.machine.mem.set_watches(Vec::new());
         while self.machine.icount < target {
+            if self.cancel.load(Ordering::Relaxed) {
+                break;
+            }
             let ic = self.machine.icount;
-            let next = (ic / self.interval + 1) * self.interval;
-            let r = self.machine.run(target.min(next));
+            let (end, step) = self.slice_end(ic, target);
+            let r = self.machine.run(end);
+            self.progress_add(self.machine.icount - ic);
             self.note_progress();
             if r != StopReason::Limit {
                 break;
             }
-            self.maybe_snapshot();
+            self.maybe_snapshot(step);
         }
         self.machine.set_breakpoints(bps);
         self.machine.mem.set_watches(watches);
@@ -333,6 +429,7 @@ impl Timeline {
         if !(cur <= n && cur >= best) {
             self.restore_at_or_before(n);
         }
+        self.progress_start(n.saturating_sub(self.machine.icount));
         self.replay_to(n);
     }
 
@@ -348,13 +445,18 @@ impl Timeline {
         let present = self.machine.icount;
         let starts: Vec<u64> = self.snaps.range(..present).map(|(k, _)| *k).rev().collect();
         let mut hi = present;
+        self.progress_start(present);
         for lo in starts {
             if self.cancel.swap(false, Ordering::Relaxed) {
                 self.goto(hi);
                 return ReverseStop::Cancelled;
             }
-            if let Some((pos, stop)) = self.last_hit_in(lo, hi) {
+            let found = self.last_hit_in(lo, hi);
+            self.progress_add(hi - lo);
+            if let Some((pos, stop)) = found {
+                let done = self.progress.done.load(Ordering::Relaxed);
                 self.goto(pos);
+                self.progress.done.store(done, Ordering::Relaxed);
                 return stop;
             }
             hi = lo;
