@@ -243,6 +243,24 @@ fn watchpoints_see_every_write_path() {
         assert_eq!(tl.icount(), k - 1);
     }
     assert_eq!(tl.reverse_continue(), ReverseStop::HistoryStart);
+    // A read watchpoint ignores the pure stores; the first read is xchg's (it reads and
+    // writes), the last is the final printf's.
+    tl.set_watches(vec![Watch {
+        start: addr,
+        len: 8,
+        kind: WatchKind::Read,
+    }]);
+    let mut reads = Vec::new();
+    while let StopReason::Watch(h) = tl.run_forward(u64::MAX) {
+        assert!(!h.write);
+        assert_eq!(h.old, h.new);
+        reads.push(tl.icount());
+    }
+    assert_eq!(reads.first(), Some(&forward[9].0), "first read is the xchg");
+    assert!(
+        reads.last().unwrap() > &forward.last().unwrap().0,
+        "printf reads after the last write"
+    );
 }
 
 #[test]

@@ -148,6 +148,18 @@ pub struct Machine {
     breakpoints: std::collections::BTreeSet<u64>,
 }
 
+/// Most changed pages per snapshot that are checked for duplicates.
+const DEDUP_MAX_PAGES: usize = 512;
+
+static ZERO_PAGE_HASH: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+
+/// Pages by content hash, for storing identical pages once across snapshots.
+#[derive(Default)]
+pub struct PageIndex {
+    pages: HashMap<[u8; 32], std::sync::Weak<fx86_snapshots::Page>>,
+    rounds: u64,
+}
+
 /// A complete copy of a guest's state at one icount. Cheap: memory pages and the data tree
 /// are shared with the machine until either side writes them.
 #[derive(Clone)]
@@ -287,6 +299,43 @@ impl Machine {
                 self.blocks.invalidate_page(pn);
             }
         }
+    }
+
+    /// Stores identical pages once: every page changed since `base` that has the content of a
+    /// page already known (in any snapshot) is replaced by that page, and pages that became
+    /// all zero are dropped (absent pages read as zero). Cost: one hash per changed page.
+    pub fn dedup_pages(&mut self, base: &Snapshot, known: &mut PageIndex) {
+        let mut changed = Vec::new();
+        self.mem
+            .pages
+            .changed_since(&base.mem.pages, |pn, p| changed.push((pn, p.clone())));
+        // Hashing costs about a microsecond a page: when an interval rewrote many pages (a big
+        // fill), they are very likely distinct and the hashes would dominate, so skip.
+        if changed.is_empty() || changed.len() > DEDUP_MAX_PAGES {
+            return;
+        }
+        let zero = *ZERO_PAGE_HASH.get_or_init(|| *blake3::hash(&[0u8; 4096]).as_bytes());
+        for (pn, page) in changed {
+            let h = page.hash();
+            if h == zero {
+                self.mem.pages.remove_range(pn, pn + 1);
+                continue;
+            }
+            match known.pages.get(&h).and_then(|w| w.upgrade()) {
+                Some(c) if !std::sync::Arc::ptr_eq(&c, &page) && c.data() == page.data() => {
+                    self.mem.pages.insert(pn, c);
+                }
+                Some(_) => {}
+                None => {
+                    known.pages.insert(h, std::sync::Arc::downgrade(&page));
+                }
+            }
+        }
+        known.rounds += 1;
+        if known.rounds.is_multiple_of(64) {
+            known.pages.retain(|_, w| w.strong_count() > 0);
+        }
+        self.mem.flush_tlb();
     }
 
     /// Replaces the breakpoint set.

@@ -158,6 +158,7 @@ pub struct Timeline {
     logs: Arc<Mutex<Logs>>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    page_index: crate::machine::PageIndex,
     /// Whether the interval adapts to the engine's measured speed.
     adaptive: bool,
 }
@@ -190,6 +191,7 @@ impl Timeline {
             logs,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
+            page_index: Default::default(),
             adaptive: false,
         }
     }
@@ -314,6 +316,9 @@ impl Timeline {
             .map(|(k, _)| *k)
             .unwrap_or(0);
         if ic - last >= step && !self.snaps.contains_key(&ic) {
+            if let Some(base) = self.snaps.get(&last) {
+                self.machine.dedup_pages(base, &mut self.page_index);
+            }
             let s = self.machine.snapshot();
             self.snaps.insert(ic, s);
             self.thin();

@@ -316,6 +316,51 @@ impl PageTree {
         h.update(&self.root_hash());
     }
 
+    /// Calls `f` for every page of `self` that is not the very same page in `base` (pages
+    /// written or added since `base` was cloned from this tree). Subtrees still shared with
+    /// `base` are skipped, so the cost is proportional to what changed.
+    pub fn changed_since(&self, base: &PageTree, mut f: impl FnMut(u64, &Arc<Page>)) {
+        fn walk(
+            a: &Arc<Node>,
+            b: Option<&Arc<Node>>,
+            pos: u64,
+            f: &mut dyn FnMut(u64, &Arc<Page>),
+        ) {
+            if let Some(b) = b {
+                if Arc::ptr_eq(a, b) {
+                    return;
+                }
+            }
+            match (&a.kids, b.map(|b| &b.kids)) {
+                (Kids::Inner(ak), bk) => {
+                    for (i, kid) in ak.iter().enumerate() {
+                        let Some(kid) = kid else { continue };
+                        let other = match bk {
+                            Some(Kids::Inner(bk)) => bk[i].as_ref(),
+                            _ => None,
+                        };
+                        walk(kid, other, (pos << 9) | i as u64, f);
+                    }
+                }
+                (Kids::Leaf(ap), bp) => {
+                    for (i, p) in ap.iter().enumerate() {
+                        let Some(p) = p else { continue };
+                        let same = match bp {
+                            Some(Kids::Leaf(bp)) => {
+                                bp[i].as_ref().is_some_and(|q| Arc::ptr_eq(p, q))
+                            }
+                            _ => false,
+                        };
+                        if !same {
+                            f((pos << 9) | i as u64, p);
+                        }
+                    }
+                }
+            }
+        }
+        walk(&self.root, Some(&base.root), 0, &mut f);
+    }
+
     /// Number of pages present.
     pub fn page_count(&self) -> usize {
         let mut n = 0;
@@ -379,6 +424,21 @@ mod tests {
         assert_eq!(c.root_hash(), ra);
         c.remove_range(700, 701);
         assert_ne!(c.root_hash(), ra);
+    }
+
+    #[test]
+    fn changed_since_finds_exactly_the_written_pages() {
+        let mut a = PageTree::new();
+        for pn in 0..2000u64 {
+            a.get_mut(pn).data_mut()[0] = 1;
+        }
+        let base = a.clone();
+        a.get_mut(5).data_mut()[0] = 2;
+        a.get_mut(1500).data_mut()[0] = 2;
+        a.get_mut(1 << 25).data_mut()[0] = 2;
+        let mut seen = Vec::new();
+        a.changed_since(&base, |pn, _| seen.push(pn));
+        assert_eq!(seen, vec![5, 1500, 1 << 25]);
     }
 
     #[test]
