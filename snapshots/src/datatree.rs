@@ -5,8 +5,13 @@
 //! wrote, directories it made, and whiteouts for what it deleted. The host itself is never
 //! written. The map is shared between snapshots until changed; file contents are shared blobs.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// File contents are immutable once in the tree (a write installs a new `Arc`), so their hashes
+/// are cached by `Arc` identity; the cache holds a clone so an address is never reused while
+/// cached, and entries nobody else holds are dropped.
+type HashCache = Arc<Mutex<HashMap<usize, (Arc<Vec<u8>>, [u8; 32])>>>;
 
 /// What kind of object a path names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,10 +41,20 @@ pub enum Node {
 }
 
 /// The guest's file system overlay: absolute normalised paths to nodes.
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Default)]
 pub struct DataTree {
     entries: Arc<BTreeMap<String, Node>>,
     next_ino: u64,
+    hashes: HashCache,
+}
+
+impl std::fmt::Debug for DataTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataTree")
+            .field("entries", &self.entries.len())
+            .field("next_ino", &self.next_ino)
+            .finish()
+    }
 }
 
 impl DataTree {
@@ -48,6 +63,7 @@ impl DataTree {
         DataTree {
             entries: Arc::new(BTreeMap::new()),
             next_ino: 1 << 20,
+            hashes: HashCache::default(),
         }
     }
 
@@ -99,7 +115,23 @@ impl DataTree {
             .collect()
     }
 
-    /// Feeds the whole overlay into a hasher, in path order.
+    /// blake3 of a file's contents, computed once per version of the file.
+    fn content_hash(&self, data: &Arc<Vec<u8>>) -> [u8; 32] {
+        let mut cache = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Arc::as_ptr(data) as usize;
+        if let Some((_, h)) = cache.get(&key) {
+            return *h;
+        }
+        if cache.len() > 4096 {
+            cache.retain(|_, (a, _)| Arc::strong_count(a) > 1);
+        }
+        let h = *blake3::hash(data).as_bytes();
+        cache.insert(key, (data.clone(), h));
+        h
+    }
+
+    /// Feeds the whole overlay into a hasher, in path order. File contents are hashed once per
+    /// version, so the cost does not grow with file sizes.
     pub fn hash_into(&self, h: &mut blake3::Hasher) {
         for (path, node) in self.entries.iter() {
             h.update(&(path.len() as u64).to_le_bytes());
@@ -118,7 +150,7 @@ impl DataTree {
                     h.update(&mode.to_le_bytes());
                     h.update(&ino.to_le_bytes());
                     h.update(&(data.len() as u64).to_le_bytes());
-                    h.update(blake3::hash(data).as_bytes());
+                    h.update(&self.content_hash(data));
                 }
             }
         }
