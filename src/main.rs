@@ -53,6 +53,14 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
+    /// Serve a program to gdb (`target remote ADDR:PORT`) with forward and reverse execution.
+    Gdbserver {
+        /// Address to listen on (loopback unless told otherwise).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1234")]
+        listen: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        prog: Vec<String>,
+    },
     /// Run a demo guest with a bug and show what happened.
     Demo,
     /// Benchmark time travel on a program: forward speed with snapshots on and off,
@@ -193,6 +201,54 @@ fn report(stop: &StopReason, icount: u64) -> i32 {
         StopReason::Breakpoint(_) | StopReason::Watch(_) => {}
     }
     stop.exit_status()
+}
+
+fn gdbserver(listen: &str, prog: &[String]) -> i32 {
+    let m = match load_guest(prog, 0, StdHost::default()) {
+        Ok(m) => m,
+        Err((code, msg)) => {
+            eprintln!("fx86: {msg}");
+            return code;
+        }
+    };
+    let exe = find_program(&prog[0])
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    let mut target = fx86_gdbserver::Fx86Target::new(tl, exe);
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fx86 gdbserver: cannot listen on {listen}: {e}");
+            return 1;
+        }
+    };
+    eprintln!("fx86 gdbserver: listening on {listen}; in gdb: target remote {listen}");
+    let stream = match listener.accept() {
+        Ok((s, peer)) => {
+            eprintln!("fx86 gdbserver: gdb connected from {peer}");
+            s
+        }
+        Err(e) => {
+            eprintln!("fx86 gdbserver: accept failed: {e}");
+            return 1;
+        }
+    };
+    let result = fx86_gdbserver::serve_tcp(&mut target, stream);
+    for line in target.log.drain(..) {
+        eprintln!("fx86 gdbserver: {line}");
+    }
+    match result {
+        Ok(reason) => {
+            eprintln!("fx86 gdbserver: session ended ({reason:?})");
+            0
+        }
+        Err(e) => {
+            eprintln!("fx86 gdbserver: {e}");
+            1
+        }
+    }
 }
 
 fn bench_timeline(prog: &[String]) -> i32 {
@@ -336,6 +392,7 @@ fn main() -> Result<()> {
             prog,
         } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
+        Cmd::Gdbserver { listen, prog } => gdbserver(&listen, &prog),
         Cmd::BenchTimeline { prog } => bench_timeline(&prog),
     };
     std::process::exit(code);

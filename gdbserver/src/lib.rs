@@ -1,6 +1,17 @@
-//! fx86-gdbserver: the GDB remote protocol (on `gdbstub`) over an fx86 engine timeline.
+//! fx86-gdbserver: the GDB remote protocol (on `gdbstub`) over an fx86 timeline.
 //!
-//! This crate will serve real `gdb` (`target remote`) with forward and reverse execution
-//! (issue 4). It owns the protocol side only: sockets are handed to it by the CLI, and it drives
-//! the engine, never the other way round. Nothing is implemented here yet.
-#![forbid(unsafe_code)]
+//! Real `gdb` connects with `target remote` and gets forward and reverse execution: continue,
+//! step, stepi, breakpoints, watchpoints, reverse-stepi/step/next/finish/continue (gdb builds
+//! the line-level reverse commands from `bs`, `bc` and breakpoints). The crate owns the
+//! protocol side only: the CLI hands it a connection, and it drives the engine's timeline.
+//! One file per protocol extension, as gdbstub's example target does.
+
+mod arch;
+mod breakpoints;
+mod monitor;
+mod target;
+mod xfer;
+
+pub use arch::{Regs, X86_64Linux};
+pub use gdbstub::stub::DisconnectReason;
+pub use target::{serve, serve_tcp, Fx86Target};

@@ -33,7 +33,9 @@ pub fn build(src: &Path, cc: &str, opt: &str) -> PathBuf {
     if fresh {
         return out;
     }
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_extension(format!("tmp{}-{n}", std::process::id()));
     // "-static-pie" builds a static position-independent executable (at -O2).
     let flags: &[&str] = if opt == "-static-pie" {
         &["-static-pie", "-O2"]

@@ -1,0 +1,121 @@
+//! Real gdb (batch mode) against `fx86 gdbserver`: forward and reverse execution on the demo
+//! guest's bug, the way a user hunts it.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts the server on the guest and runs gdb with `cmds`; returns gdb's output and the
+/// server's stderr.
+fn session(bin: &Path, args: &[&str], cmds: &[&str]) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = fx86()
+        .args(["gdbserver", "--listen", &addr, "--"])
+        .arg(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fx86 gdbserver");
+    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    err.read_line(&mut first).expect("server says it listens");
+    assert!(first.contains("listening"), "{first}");
+    let mut gdb = Command::new("gdb");
+    gdb.args([
+        "-batch",
+        "-nx",
+        "-ex",
+        "set confirm off",
+        "-ex",
+        &format!("target remote {addr}"),
+    ]);
+    for c in cmds {
+        gdb.args(["-ex", c]);
+    }
+    gdb.arg(bin);
+    let out = gdb.output().expect("run gdb (install it: see .ci/run)");
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let _ = server.wait();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        first + &rest,
+    )
+}
+
+fn demo_bin() -> std::path::PathBuf {
+    build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
+        "gcc",
+        "-O0",
+    )
+}
+
+#[test]
+fn forward_and_reverse_stepping() {
+    let bin = demo_bin();
+    let (out, server) = session(
+        &bin,
+        &["7"],
+        &[
+            "break record_scores",
+            "continue",
+            "print rounds",
+            "monitor icount",
+            "next",
+            "next",
+            "reverse-next",
+            "reverse-stepi",
+            "stepi",
+            "info registers rip fs_base",
+            "kill",
+        ],
+    );
+    assert!(out.contains("Breakpoint 1, record_scores"), "{out}");
+    assert!(out.contains("$1 = 8"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("icount ")), "{out}");
+    assert!(out.contains("fs_base"), "{out}");
+    assert!(!server.contains("panicked"), "{server}");
+}
+
+#[test]
+fn crash_then_reverse_watchpoint_finds_the_overflow() {
+    let bin = demo_bin();
+    let (out, server) = session(
+        &bin,
+        &["7"],
+        &[
+            "continue",
+            "up",
+            "watch -l t->report",
+            "reverse-continue",
+            "print i",
+            "reverse-continue",
+            "reverse-continue",
+            "monitor icount",
+            "kill",
+        ],
+    );
+    assert!(out.contains("SIGSEGV"), "{out}");
+    // Going back from the crash, the watchpoint stops at the out-of-bounds write in the loop,
+    // with i = 8 (one past the end of scores[8]).
+    let first = out.find("Old value").expect("a watchpoint hit");
+    assert!(out[first..].contains("record_scores"), "{out}");
+    assert!(out.contains("$1 = 8"), "{out}");
+    // Then at the assignment in main, then the start of history.
+    assert!(out.contains("t->report = print_report"), "{out}");
+    assert!(out.contains("No more reverse-execution history"), "{out}");
+    assert!(out.contains("icount 0"), "{out}");
+    assert!(server.contains("SIGSEGV"), "{server}");
+}
