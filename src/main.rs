@@ -235,6 +235,14 @@ fn gdbserver(listen: &str, prog: &[String]) -> i32 {
             return 1;
         }
     };
+    // One session at a time: later clients are told so and disconnected.
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            let peer = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+            eprintln!("fx86 gdbserver: rejected a second client from {peer}: a session is already running");
+            drop(c);
+        }
+    });
     let result = fx86_gdbserver::serve_tcp(&mut target, stream);
     for line in target.log.drain(..) {
         eprintln!("fx86 gdbserver: {line}");

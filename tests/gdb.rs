@@ -119,3 +119,57 @@ fn crash_then_reverse_watchpoint_finds_the_overflow() {
     assert!(out.contains("icount 0"), "{out}");
     assert!(server.contains("SIGSEGV"), "{server}");
 }
+
+#[test]
+fn writing_memory_starts_a_new_branch_and_reverse_finish_works() {
+    let bin = demo_bin();
+    let (out, server) = session(
+        &bin,
+        &["7"],
+        &[
+            "break print_report",
+            "break record_scores",
+            "continue",
+            "set var rounds = 6",
+            "delete 2",
+            "continue",
+            "reverse-finish",
+            "continue",
+            "continue",
+        ],
+    );
+    // With rounds = 6 the overflow never happens: print_report is reached, reverse-finish
+    // goes back to the call in main, and the program exits normally on the new branch.
+    assert_eq!(
+        out.matches("Breakpoint 1, print_report").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("t->report(t);"), "{out}");
+    assert!(out.contains("exited normally"), "{out}");
+    assert!(server.contains("new branch"), "{server}");
+    assert!(server.contains("TargetExited(0)"), "{server}");
+}
+
+#[test]
+fn monitor_commands() {
+    let bin = demo_bin();
+    let (out, _) = session(
+        &bin,
+        &["7"],
+        &[
+            "monitor help",
+            "stepi",
+            "stepi",
+            "monitor icount",
+            "monitor goto 1",
+            "monitor icount",
+            "monitor snapshots",
+            "kill",
+        ],
+    );
+    assert!(out.contains("monitor goto <N>"), "{out}");
+    assert!(out.contains("icount 2"), "{out}");
+    assert!(out.contains("icount 1"), "{out}");
+    assert!(out.contains("snapshots 1 "), "{out}");
+}

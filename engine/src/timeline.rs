@@ -265,6 +265,25 @@ impl Timeline {
             .collect()
     }
 
+    /// Makes the present state (changed by a debugger: registers or memory written) the start
+    /// of a new branch: later history, snapshots and logged input/output after this point are
+    /// dropped, and the changed state becomes a snapshot so travelling forward from here again
+    /// reproduces it.
+    pub fn branch_here(&mut self) {
+        let ic = self.machine.icount;
+        let later: Vec<u64> = self.snaps.range(ic..).map(|(k, _)| *k).collect();
+        for k in later {
+            self.snaps.remove(&k);
+        }
+        let s = self.machine.snapshot();
+        self.snaps.insert(ic, s);
+        self.end = ic;
+        self.frontier.store(ic, Ordering::Relaxed);
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.stdin.retain(|k, _| *k < ic);
+        logs.output.retain(|c| c.icount < ic);
+    }
+
     pub fn set_breakpoints(&mut self, bps: impl IntoIterator<Item = u64>) {
         self.machine.set_breakpoints(bps);
     }

@@ -178,8 +178,9 @@ impl SingleThreadBase for Fx86Target {
         m.cpu.fs_base = regs.fs_base;
         m.cpu.gs_base = regs.gs_base;
         if changed {
+            self.tl.branch_here();
             self.log.push(format!(
-                "gdb wrote registers at icount {}: execution continues on a new branch",
+                "gdb wrote registers at icount {}: later history is dropped; execution continues on a new branch",
                 self.tl.icount()
             ));
         }
@@ -212,8 +213,9 @@ impl SingleThreadBase for Fx86Target {
             }
         }
         m.mem.poke(start, data);
+        self.tl.branch_here();
         self.log.push(format!(
-            "gdb wrote memory at icount {}: execution continues on a new branch",
+            "gdb wrote memory at icount {}: later history is dropped; execution continues on a new branch",
             self.tl.icount()
         ));
         Ok(())
