@@ -58,6 +58,10 @@ enum Cmd {
         /// Address to listen on (loopback unless told otherwise).
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1234")]
         listen: String,
+        /// Serve one session over stdin/stdout (`target remote | fx86 gdbserver --stdio -- PROG`);
+        /// the guest's output then goes to stderr.
+        #[arg(long)]
+        stdio: bool,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
@@ -203,8 +207,12 @@ fn report(stop: &StopReason, icount: u64) -> i32 {
     stop.exit_status()
 }
 
-fn gdbserver(listen: &str, prog: &[String]) -> i32 {
-    let m = match load_guest(prog, 0, StdHost::default()) {
+fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
+    let host = StdHost {
+        stdout_to_stderr: stdio,
+        ..Default::default()
+    };
+    let m = match load_guest(prog, 0, host) {
         Ok(m) => m,
         Err((code, msg)) => {
             eprintln!("fx86: {msg}");
@@ -217,6 +225,25 @@ fn gdbserver(listen: &str, prog: &[String]) -> i32 {
         .unwrap_or_default();
     let tl = Timeline::with_adaptive_interval(m, 1 << 30);
     let mut target = fx86_gdbserver::Fx86Target::new(tl, exe);
+    if stdio {
+        let result = fx86_gdbserver::serve(
+            &mut target,
+            Box::new(fx86_gdbserver::StdioConnection::new()),
+        );
+        for line in target.log.drain(..) {
+            eprintln!("fx86 gdbserver: {line}");
+        }
+        return match result {
+            Ok(reason) => {
+                eprintln!("fx86 gdbserver: session ended ({reason:?})");
+                0
+            }
+            Err(e) => {
+                eprintln!("fx86 gdbserver: {e}");
+                1
+            }
+        };
+    }
     let listener = match std::net::TcpListener::bind(listen) {
         Ok(l) => l,
         Err(e) => {
@@ -400,7 +427,11 @@ fn main() -> Result<()> {
             prog,
         } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
-        Cmd::Gdbserver { listen, prog } => gdbserver(&listen, &prog),
+        Cmd::Gdbserver {
+            listen,
+            stdio,
+            prog,
+        } => gdbserver(&listen, stdio, &prog),
         Cmd::BenchTimeline { prog } => bench_timeline(&prog),
     };
     std::process::exit(code);

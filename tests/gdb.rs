@@ -173,3 +173,96 @@ fn monitor_commands() {
     assert!(out.contains("icount 1"), "{out}");
     assert!(out.contains("snapshots 1 "), "{out}");
 }
+
+#[test]
+fn stdio_mode_serves_gdb() {
+    let bin = demo_bin();
+    let fx = env!("CARGO_BIN_EXE_fx86");
+    let out = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "set confirm off", "-ex"])
+        .arg(format!(
+            "target remote | {fx} gdbserver --stdio -- {} 7",
+            bin.display()
+        ))
+        .args([
+            "-ex",
+            "break record_scores",
+            "-ex",
+            "continue",
+            "-ex",
+            "reverse-stepi",
+            "-ex",
+            "monitor icount",
+            "-ex",
+            "kill",
+        ])
+        .arg(&bin)
+        .output()
+        .expect("gdb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Breakpoint 1, record_scores"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("icount ")), "{text}");
+}
+
+/// Sends a packet with its checksum.
+fn packet(body: &str) -> Vec<u8> {
+    let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    format!("${body}#{sum:02x}").into_bytes()
+}
+
+#[test]
+fn ctrl_c_garbage_and_disconnect_are_handled() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // A guest that runs for a long time.
+    let bin = build(&guest_src("intops.c"), "musl-gcc", "-O2");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = fx86()
+        .args(["gdbserver", "--listen", &addr, "--"])
+        .arg(&bin)
+        .arg("100000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("listening line");
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let read_reply = |s: &mut std::net::TcpStream| -> String {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            s.read_exact(&mut b).expect("reply byte");
+            got.push(b[0]);
+            if got.len() >= 3 && got[got.len() - 3] == b'#' {
+                let _ = s.write_all(b"+");
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+    };
+    // Garbage first: a bad checksum and random bytes must not kill the server.
+    s.write_all(b"$garbage#00").expect("write");
+    s.write_all(b"xyz\xff\xfe").expect("write");
+    s.write_all(&packet("?")).expect("write");
+    let r = read_reply(&mut s);
+    assert!(r.contains("$S05") || r.contains("$T05"), "{r}");
+    // Continue, then interrupt.
+    s.write_all(&packet("c")).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.write_all(b"\x03").expect("write");
+    let r = read_reply(&mut s);
+    assert!(
+        r.contains("$S02") || r.contains("$T02"),
+        "Ctrl-C should stop with SIGINT: {r}"
+    );
+    // Abrupt disconnect: the server ends with a message, not a panic.
+    drop(s);
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let status = server.wait().expect("server exit");
+    assert!(!rest.contains("panicked"), "{rest}");
+    assert!(status.code().is_some(), "server killed by a signal: {rest}");
+}

@@ -42,6 +42,8 @@ pub struct StdHost {
     pub diagnostics: Vec<String>,
     /// Stdin bytes to feed instead of the real stdin (tests).
     pub stdin: Option<std::collections::VecDeque<u8>>,
+    /// Send the guest's stdout to stderr (when stdout carries a protocol, as gdbserver --stdio).
+    pub stdout_to_stderr: bool,
 }
 
 impl Host for StdHost {
@@ -67,7 +69,7 @@ impl Host for StdHost {
             c.extend_from_slice(data);
             return;
         }
-        if fd == 2 {
+        if fd == 2 || self.stdout_to_stderr {
             let _ = std::io::stderr().write_all(data);
         } else {
             let mut o = std::io::stdout().lock();

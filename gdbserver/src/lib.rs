@@ -9,9 +9,12 @@
 mod arch;
 mod breakpoints;
 mod monitor;
+mod sanitize;
+mod stdio;
 mod target;
 mod xfer;
 
 pub use arch::{Regs, X86_64Linux};
 pub use gdbstub::stub::DisconnectReason;
+pub use stdio::StdioConnection;
 pub use target::{serve, serve_tcp, Fx86Target};

@@ -353,6 +353,8 @@ pub fn serve(
     target: &mut Fx86Target,
     conn: Box<dyn ConnectionExt<Error = std::io::Error>>,
 ) -> Result<DisconnectReason, String> {
+    let conn: Box<dyn ConnectionExt<Error = std::io::Error>> =
+        Box::new(crate::sanitize::Sanitized::new(conn));
     let gdb = GdbStub::new(conn);
     gdb.run_blocking::<EventLoop>(target)
         .map_err(|e| format!("gdb session ended with an error: {e}"))
