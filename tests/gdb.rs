@@ -266,3 +266,32 @@ fn ctrl_c_garbage_and_disconnect_are_handled() {
     assert!(!rest.contains("panicked"), "{rest}");
     assert!(status.code().is_some(), "server killed by a signal: {rest}");
 }
+
+#[test]
+fn thread_local_errno_and_registers() {
+    // glibc's errno is a real thread-local variable (musl's is a field of its thread
+    // structure behind a macro, which gdb cannot name without macro debug info).
+    let cc = "gcc";
+    {
+        let bin = build(&guest_src("errno.c"), cc, "-O0");
+        let (out, _) = session(
+            &bin,
+            &[],
+            &[
+                "break 7",
+                "continue",
+                "print (int)errno",
+                "print $fs_base != 0",
+                "x/i $pc",
+                "info registers rip",
+                "kill",
+            ],
+        );
+        assert!(
+            out.contains("$1 = 2"),
+            "{cc}: errno should read ENOENT:\n{out}"
+        );
+        assert!(out.contains("$2 = 1"), "{out}");
+        assert!(out.contains("=> 0x"), "{out}");
+    }
+}

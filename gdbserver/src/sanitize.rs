@@ -8,8 +8,18 @@ use std::collections::VecDeque;
 /// Longest packet accepted (gdb's default packet size is far smaller).
 const MAX_PACKET: usize = 1 << 20;
 
+/// What answering `qGetTLSAddr` needs: the current thread pointer (kept up to date by the
+/// target) and the size of the executable's static TLS block (x86-64 TLS variant II: the
+/// block ends at the thread pointer).
+pub struct TlsInfo {
+    pub fs_base: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub block: u64,
+}
+
 pub struct Sanitized<C> {
     inner: C,
+    tls: Option<TlsInfo>,
+    no_ack: bool,
     ready: VecDeque<u8>,
     packet: Vec<u8>,
     in_packet: bool,
@@ -19,15 +29,45 @@ pub struct Sanitized<C> {
 }
 
 impl<C: ConnectionExt> Sanitized<C> {
-    pub fn new(inner: C) -> Self {
+    pub fn new(inner: C, tls: Option<TlsInfo>) -> Self {
         Sanitized {
             inner,
+            tls,
+            no_ack: false,
             ready: VecDeque::new(),
             packet: Vec::new(),
             in_packet: false,
             after_hash: 0,
             warned_stray: false,
         }
+    }
+
+    /// gdbstub has no `qGetTLSAddr`; for a static executable the answer follows from the
+    /// thread pointer, so it is answered here. Returns true if the packet was handled.
+    fn answer_tls(&mut self, body: &[u8]) -> Result<bool, C::Error> {
+        let Some(rest) = body.strip_prefix(b"qGetTLSAddr:") else {
+            return Ok(false);
+        };
+        let text = String::from_utf8_lossy(rest).into_owned();
+        let offset = text
+            .split(',')
+            .nth(1)
+            .and_then(|o| u64::from_str_radix(o, 16).ok());
+        let reply = match (&self.tls, offset) {
+            (Some(t), Some(off)) => {
+                let tp = t.fs_base.load(std::sync::atomic::Ordering::Relaxed);
+                format!("{:x}", tp.wrapping_sub(t.block).wrapping_add(off))
+            }
+            _ => "E01".to_string(),
+        };
+        if !self.no_ack {
+            self.inner.write(b'+')?;
+        }
+        let sum = reply.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        self.inner
+            .write_all(format!("${reply}#{sum:02x}").as_bytes())?;
+        self.inner.flush()?;
+        Ok(true)
     }
 
     /// Feeds one byte from the wire; complete, valid units land in `ready`.
@@ -64,7 +104,13 @@ impl<C: ConnectionExt> Sanitized<C> {
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
                 if given == Some(sum) {
-                    self.ready.extend(self.packet.iter().copied());
+                    let body = body.to_vec();
+                    if body == b"QStartNoAckMode" {
+                        self.no_ack = true;
+                    }
+                    if !self.answer_tls(&body)? {
+                        self.ready.extend(self.packet.iter().copied());
+                    }
                 } else {
                     eprintln!(
                         "fx86 gdbserver: malformed packet from the client (bad checksum), asked for a resend: {:?}",

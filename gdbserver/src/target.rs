@@ -37,13 +37,21 @@ pub struct Fx86Target {
     /// Lines for the server's log (the CLI prints them).
     pub log: Vec<String>,
     pub(crate) auxv: Vec<(u64, u64)>,
+    /// The guest's thread pointer, shared with the connection guard for `qGetTLSAddr`.
+    pub(crate) fs_base: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Size of the executable's static TLS block (from PT_TLS), if it has one.
+    pub(crate) tls_block: Option<u64>,
 }
 
 impl Fx86Target {
     pub fn new(mut tl: Timeline, exe: String) -> Fx86Target {
         let auxv = tl.machine().kernel.auxv.clone();
+        let fs = tl.machine().cpu.fs_base;
+        let tls_block = std::fs::read(&exe).ok().and_then(|b| tls_block_size(&b));
         Fx86Target {
             auxv,
+            fs_base: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(fs)),
+            tls_block,
             tl,
             exe,
             resume: None,
@@ -52,6 +60,12 @@ impl Fx86Target {
             fatal_reported: None,
             log: Vec::new(),
         }
+    }
+
+    /// Publishes the thread pointer for `qGetTLSAddr` answers.
+    pub(crate) fn publish_fs_base(&mut self) {
+        let fs = self.tl.machine().cpu.fs_base;
+        self.fs_base.store(fs, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn sync_stops(&mut self) {
@@ -77,6 +91,35 @@ impl Fx86Target {
             }
         })
     }
+}
+
+/// The static TLS block size of an executable: PT_TLS's memsz rounded up to its alignment.
+fn tls_block_size(elf: &[u8]) -> Option<u64> {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if elf.get(0..4)? != b"\x7fELF" {
+        return None;
+    }
+    let phoff = u64_at(32)? as usize;
+    let (phentsize, phnum) = (u16_at(54)?, u16_at(56)?);
+    for i in 0..phnum.min(512) {
+        let o = phoff.checked_add(i * phentsize)?;
+        let ptype = elf
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))?;
+        if ptype == 7 {
+            let memsz = u64_at(o + 40)?;
+            let align = u64_at(o + 48)?.max(1);
+            return Some(memsz.div_ceil(align) * align);
+        }
+    }
+    None
 }
 
 fn watch_stop(hit: &fx86_engine::mem::WatchHit) -> SingleThreadStopReason<u64> {
@@ -177,6 +220,7 @@ impl SingleThreadBase for Fx86Target {
         m.cpu.mxcsr = regs.mxcsr & 0xffff;
         m.cpu.fs_base = regs.fs_base;
         m.cpu.gs_base = regs.gs_base;
+        self.publish_fs_base();
         if changed {
             self.tl.branch_here();
             self.log.push(format!(
@@ -295,6 +339,28 @@ impl BlockingEventLoop for EventLoop {
     > {
         t.sync_stops();
         let what = t.resume.take().unwrap_or(Resume::Continue);
+        let r = Self::run_for(t, conn, what);
+        t.publish_fs_base();
+        r
+    }
+
+    fn on_interrupt(
+        _t: &mut Fx86Target,
+    ) -> Result<Option<SingleThreadStopReason<u64>>, &'static str> {
+        Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
+    }
+}
+
+impl EventLoop {
+    #[allow(clippy::type_complexity)]
+    fn run_for(
+        t: &mut Fx86Target,
+        conn: &mut Box<dyn ConnectionExt<Error = std::io::Error>>,
+        what: Resume,
+    ) -> Result<
+        Event<SingleThreadStopReason<u64>>,
+        WaitForStopReasonError<&'static str, std::io::Error>,
+    > {
         match what {
             Resume::Step => {
                 let r = t.tl.run_forward(t.tl.icount() + 1);
@@ -340,12 +406,6 @@ impl BlockingEventLoop for EventLoop {
             }
         }
     }
-
-    fn on_interrupt(
-        _t: &mut Fx86Target,
-    ) -> Result<Option<SingleThreadStopReason<u64>>, &'static str> {
-        Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
-    }
 }
 
 /// Serves one gdb session over `conn`. Returns why it ended.
@@ -353,8 +413,13 @@ pub fn serve(
     target: &mut Fx86Target,
     conn: Box<dyn ConnectionExt<Error = std::io::Error>>,
 ) -> Result<DisconnectReason, String> {
+    target.publish_fs_base();
+    let tls = target.tls_block.map(|block| crate::sanitize::TlsInfo {
+        fs_base: target.fs_base.clone(),
+        block,
+    });
     let conn: Box<dyn ConnectionExt<Error = std::io::Error>> =
-        Box::new(crate::sanitize::Sanitized::new(conn));
+        Box::new(crate::sanitize::Sanitized::new(conn, tls));
     let gdb = GdbStub::new(conn);
     gdb.run_blocking::<EventLoop>(target)
         .map_err(|e| format!("gdb session ended with an error: {e}"))
