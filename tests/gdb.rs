@@ -251,12 +251,25 @@ fn ctrl_c_garbage_and_disconnect_are_handled() {
     assert!(r.contains("$S05") || r.contains("$T05"), "{r}");
     // Continue, then interrupt.
     s.write_all(&packet("c")).expect("write");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     s.write_all(b"\x03").expect("write");
     let r = read_reply(&mut s);
     assert!(
         r.contains("$S02") || r.contains("$T02"),
         "Ctrl-C should stop with SIGINT: {r}"
+    );
+    // A reverse-continue to a breakpoint that is never hit searches the whole history;
+    // Ctrl-C interrupts it too.
+    s.write_all(&packet("Z0,1,1")).expect("write");
+    let r = read_reply(&mut s);
+    assert!(r.contains("$OK"), "{r}");
+    s.write_all(&packet("bc")).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    s.write_all(b"\x03").expect("write");
+    let r = read_reply(&mut s);
+    assert!(
+        r.contains("$S02") || r.contains("$T02"),
+        "Ctrl-C should interrupt reverse-continue: {r}"
     );
     // Abrupt disconnect: the server ends with a message, not a panic.
     drop(s);

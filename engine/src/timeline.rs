@@ -466,13 +466,19 @@ impl Timeline {
     /// Finds the last breakpoint or watchpoint hit strictly before the present and moves there;
     /// with none, moves to icount 0.
     pub fn reverse_continue(&mut self) -> ReverseStop {
+        self.reverse_continue_until(|| false)
+    }
+
+    /// `reverse_continue`, also stopping (with `Cancelled`, at the present) when
+    /// `interrupted()` says so; it is asked between intervals, every few milliseconds.
+    pub fn reverse_continue_until(&mut self, mut interrupted: impl FnMut() -> bool) -> ReverseStop {
         let present = self.machine.icount;
         let starts: Vec<u64> = self.snaps.range(..present).map(|(k, _)| *k).rev().collect();
         let mut hi = present;
         self.progress_start(present);
         for lo in starts {
-            if self.cancel.swap(false, Ordering::Relaxed) {
-                self.goto(hi);
+            if self.cancel.swap(false, Ordering::Relaxed) || interrupted() {
+                self.goto(present);
                 return ReverseStop::Cancelled;
             }
             let found = self.last_hit_in(lo, hi);

@@ -392,14 +392,20 @@ impl EventLoop {
             }
             Resume::ReverseContinue => {
                 t.fatal_reported = None;
-                let stop = match t.tl.reverse_continue() {
+                // Ctrl-C from gdb interrupts a long backward search.
+                let r = t
+                    .tl
+                    .reverse_continue_until(|| conn.peek().map(|b| b.is_some()).unwrap_or(false));
+                let stop = match r {
                     ReverseStop::Breakpoint(_) => SingleThreadStopReason::SwBreak(()),
                     ReverseStop::Watch(hit) => watch_stop(&hit),
-                    ReverseStop::HistoryStart | ReverseStop::Cancelled => {
-                        SingleThreadStopReason::ReplayLog {
-                            tid: None,
-                            pos: ReplayLogPosition::Begin,
-                        }
+                    ReverseStop::HistoryStart => SingleThreadStopReason::ReplayLog {
+                        tid: None,
+                        pos: ReplayLogPosition::Begin,
+                    },
+                    ReverseStop::Cancelled => {
+                        let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                        return Ok(Event::IncomingData(byte));
                     }
                 };
                 Ok(Event::TargetStopped(stop))
