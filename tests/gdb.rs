@@ -308,3 +308,43 @@ fn thread_local_errno_and_registers() {
         assert!(out.contains("=> 0x"), "{out}");
     }
 }
+
+#[test]
+fn read_and_access_watchpoints_hbreak_finish_until() {
+    let bin = demo_bin();
+    let (out, server) = session(
+        &bin,
+        &["5"],
+        &[
+            "break main",
+            "continue",
+            "next 3",
+            "rwatch -l t->report",
+            "continue",
+            "delete",
+            "hbreak print_report",
+            "continue",
+            "finish",
+            "reverse-step",
+            "reverse-step",
+            "until",
+            "awatch -l t->scores[0]",
+            "reverse-continue",
+            "delete",
+            "continue",
+        ],
+    );
+    assert!(out.contains("Hardware read watchpoint 2"), "{out}");
+    assert!(
+        out.contains("Value = (void (*)(const struct team *)) 0x"),
+        "{out}"
+    );
+    assert!(out.contains("Breakpoint 3, print_report"), "{out}");
+    assert!(
+        out.contains("Hardware access (read/write) watchpoint 4"),
+        "{out}"
+    );
+    assert!(out.contains("sum += t->scores[i]"), "{out}");
+    assert!(out.contains("exited normally"), "{out}");
+    assert!(server.contains("TargetExited(0)"), "{server}");
+}
