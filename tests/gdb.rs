@@ -55,9 +55,13 @@ fn session(bin: &Path, args: &[&str], cmds: &[&str]) -> (String, String) {
 }
 
 fn demo_bin() -> std::path::PathBuf {
+    demo_bin_with("gcc")
+}
+
+fn demo_bin_with(cc: &str) -> std::path::PathBuf {
     build(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
-        "gcc",
+        cc,
         "-O0",
     )
 }
@@ -91,7 +95,13 @@ fn forward_and_reverse_stepping() {
 
 #[test]
 fn crash_then_reverse_watchpoint_finds_the_overflow() {
-    let bin = demo_bin();
+    for cc in ["gcc", "musl-gcc"] {
+        crash_then_reverse_watchpoint(cc);
+    }
+}
+
+fn crash_then_reverse_watchpoint(cc: &str) {
+    let bin = demo_bin_with(cc);
     let (out, server) = session(
         &bin,
         &["7"],
