@@ -358,3 +358,51 @@ fn read_and_access_watchpoints_hbreak_finish_until() {
     assert!(out.contains("exited normally"), "{out}");
     assert!(server.contains("TargetExited(0)"), "{server}");
 }
+
+#[test]
+fn auxv_then_crash_then_termination() {
+    let bin = demo_bin();
+    let (out, server) = session(&bin, &["7"], &["info auxv", "continue", "continue"]);
+    assert!(out.contains("AT_ENTRY"), "{out}");
+    assert!(out.contains("Program received signal SIGSEGV"), "{out}");
+    assert!(
+        out.contains("Program terminated with signal SIGSEGV"),
+        "{out}"
+    );
+    assert!(server.contains("TargetTerminated"), "{server}");
+}
+
+#[test]
+fn a_second_client_is_turned_away() {
+    use std::io::{BufRead, BufReader, Read};
+    let bin = demo_bin();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = fx86()
+        .args(["gdbserver", "--listen", &addr, "--"])
+        .arg(&bin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("listening");
+    let first = std::net::TcpStream::connect(&addr).expect("first client");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut second = std::net::TcpStream::connect(&addr).expect("second client");
+    second
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        second.read(&mut buf).unwrap_or(0),
+        0,
+        "the second client is disconnected"
+    );
+    drop(first);
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let _ = server.wait();
+    assert!(rest.contains("rejected a second client"), "{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+}
