@@ -407,6 +407,14 @@ fn demo() -> i32 {
         "A second run reproduces it bit for bit: {}",
         if same { "yes" } else { "NO" }
     );
+    println!();
+    println!("Find the bug backwards in time with gdb:");
+    println!("  fx86 gdbserver -- {} 7 &", bin.display());
+    println!("  gdb -ex 'target remote 127.0.0.1:1234' -ex continue -ex up \\");
+    println!(
+        "      -ex 'watch -l t->report' -ex reverse-continue {}",
+        bin.display()
+    );
     println!("(The time-travel TUI will open here once it lands; see the README.)");
     0
 }
