@@ -65,6 +65,11 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
+    /// Explore a run in a terminal UI (disassembly, registers, output, timeline).
+    Tui {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        prog: Vec<String>,
+    },
     /// Run a demo guest with a bug and show what happened.
     Demo,
     /// Benchmark time travel on a program: forward speed with snapshots on and off,
@@ -286,6 +291,30 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
     }
 }
 
+fn tui(prog: &[String]) -> i32 {
+    // The terminal belongs to the UI: guest output is shown in its pane, stdin is empty.
+    let host = StdHost {
+        capture: Some(Vec::new()),
+        stdin: Some(Default::default()),
+        ..Default::default()
+    };
+    let m = match load_guest(prog, 0, host) {
+        Ok(m) => m,
+        Err((code, msg)) => {
+            eprintln!("fx86: {msg}");
+            return code;
+        }
+    };
+    let tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    match fx86_tui::run(tl, prog.join(" ")) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fx86 tui: {e}");
+            1
+        }
+    }
+}
+
 fn bench_timeline(prog: &[String]) -> i32 {
     let quiet = || StdHost {
         capture: Some(Vec::new()),
@@ -415,7 +444,7 @@ fn demo() -> i32 {
         "      -ex 'watch -l t->report' -ex reverse-continue {}",
         bin.display()
     );
-    println!("(The time-travel TUI will open here once it lands; see the README.)");
+    println!("(On a terminal, `fx86 demo` opens the time-travel UI instead: c runs into the crash, S steps back.)");
     0
 }
 
@@ -435,6 +464,7 @@ fn main() -> Result<()> {
             prog,
         } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
+        Cmd::Tui { prog } => tui(&prog),
         Cmd::Gdbserver {
             listen,
             stdio,

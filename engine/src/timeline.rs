@@ -255,6 +255,11 @@ impl Timeline {
         (self.snaps.len(), seen.len() as u64 * 4096)
     }
 
+    /// Icounts of the snapshots held (for the TUI's timeline ticks).
+    pub fn snapshot_positions(&self) -> Vec<u64> {
+        self.snaps.keys().copied().collect()
+    }
+
     /// Guest output written at icounts below `icount` (what the terminal showed then).
     pub fn output_before(&self, icount: u64) -> Vec<OutputChunk> {
         let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
