@@ -395,11 +395,17 @@ fn demo() -> i32 {
         );
         return 1;
     }
+    let prog = vec![bin.to_string_lossy().into_owned(), "7".into()];
+    // SAFETY: isatty only inspects the descriptors.
+    if unsafe { libc::isatty(0) == 1 && libc::isatty(1) == 1 } {
+        // On a terminal the demo is the time-travel UI: press c to run into the crash, S to
+        // step back to the bad call, C to reverse-continue.
+        return tui(&prog);
+    }
     println!(
         "fx86 demo: running {} in the deterministic engine\n",
         src.display()
     );
-    let prog = vec![bin.to_string_lossy().into_owned(), "7".into()];
     let mut m = match load_guest(&prog, 0, StdHost::default()) {
         Ok(m) => m,
         Err((c, msg)) => {
