@@ -8,14 +8,13 @@ mod common;
 use common::*;
 use std::fmt::Write as _;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+/// Choosing helpers on the shared generator.
+trait Choose {
+    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str;
+    fn below(&mut self, n: u64) -> u64;
+}
+
+impl Choose for Rng {
     fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
         v[(self.next() % v.len() as u64) as usize]
     }

@@ -64,16 +64,6 @@ fn machine(prog: &str, args: &[&str], stdin: &[u8]) -> (Machine, Arc<Mutex<Vec<u
     )
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn input() -> Vec<u8> {
     (0..3000)
         .map(|i| format!("{} line {}\n", (i * 7919) % 1000, i))

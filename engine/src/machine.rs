@@ -215,7 +215,11 @@ impl Machine {
         cpu.rip = loaded.entry;
         cpu.gpr[RSP] = sp;
         let kernel = Kernel::new(&config, loaded.brk, auxv);
-        Ok(Machine {
+        Ok(Machine::from_parts(cpu, mem, kernel, host))
+    }
+
+    fn from_parts(cpu: Cpu, mem: Memory, kernel: Kernel, host: Box<dyn Host>) -> Machine {
+        Machine {
             cpu,
             mem,
             kernel,
@@ -225,7 +229,7 @@ impl Machine {
             ended: None,
             flush_blocks: false,
             breakpoints: Default::default(),
-        })
+        }
     }
 
     /// A guest with `code` mapped at 0x400000 (read+exec), a 1 MiB stack and a scratch page
@@ -246,17 +250,8 @@ impl Machine {
         let mut cpu = Cpu::default();
         cpu.rip = 0x400000;
         cpu.gpr[RSP] = 0x8000_0000 - 0x100;
-        Machine {
-            cpu,
-            mem,
-            kernel: Kernel::new(&Config::default(), 0x1000_0000, Vec::new()),
-            icount: 0,
-            host,
-            blocks: BlockCache::default(),
-            ended: None,
-            flush_blocks: false,
-            breakpoints: Default::default(),
-        }
+        let kernel = Kernel::new(&Config::default(), 0x1000_0000, Vec::new());
+        Machine::from_parts(cpu, mem, kernel, host)
     }
 
     /// Takes a snapshot of the whole guest (O(1) in memory size).

@@ -304,6 +304,15 @@ impl Timeline {
         }
     }
 
+    /// Icount of the latest snapshot at or before `n` (icount 0 always has one).
+    fn snapshot_at_or_before(&self, n: u64) -> u64 {
+        self.snaps
+            .range(..=n)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(0)
+    }
+
     /// The snapshot spacing at `ic`: the interval past the end of history, and an eighth of
     /// it inside history, so that replays (goto, backward searches) leave dense snapshots
     /// behind them and repeated reverse steps stay cheap.
@@ -318,12 +327,7 @@ impl Timeline {
     /// Where the slice starting at `ic` ends: the next snapshot point, `limit`, or one slice.
     fn slice_end(&self, ic: u64, limit: u64) -> (u64, u64) {
         let step = self.step_at(ic);
-        let last = self
-            .snaps
-            .range(..=ic)
-            .next_back()
-            .map(|(k, _)| *k)
-            .unwrap_or(0);
+        let last = self.snapshot_at_or_before(ic);
         let mut e = last.saturating_add(step);
         if e <= ic {
             e = ic.saturating_add(step);
@@ -333,12 +337,7 @@ impl Timeline {
 
     fn maybe_snapshot(&mut self, step: u64) {
         let ic = self.machine.icount;
-        let last = self
-            .snaps
-            .range(..=ic)
-            .next_back()
-            .map(|(k, _)| *k)
-            .unwrap_or(0);
+        let last = self.snapshot_at_or_before(ic);
         if ic - last >= step && !self.snaps.contains_key(&ic) {
             if let Some(base) = self.snaps.get(&last) {
                 self.machine.dedup_pages(base, &mut self.page_index);
@@ -449,12 +448,7 @@ impl Timeline {
     pub fn goto(&mut self, n: u64) {
         let cur = self.machine.icount;
         // Going forward from here is cheaper than restoring if no snapshot lies in between.
-        let best = self
-            .snaps
-            .range(..=n)
-            .next_back()
-            .map(|(k, _)| *k)
-            .unwrap_or(0);
+        let best = self.snapshot_at_or_before(n);
         if !(cur <= n && cur >= best) {
             self.restore_at_or_before(n);
         }

@@ -119,3 +119,15 @@ pub fn stat_field<'a>(line: &'a str, key: &str) -> &'a str {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
+
+/// A small deterministic generator for test data (xorshift64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
