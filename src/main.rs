@@ -148,12 +148,9 @@ fn run(
     snapshot_memory: u64,
     prog: &[String],
 ) -> i32 {
-    let mut m = match load_guest(prog, seed, StdHost::default()) {
+    let mut m = match load_or_report(prog, seed, StdHost::default()) {
         Ok(m) => m,
-        Err((code, msg)) => {
-            eprintln!("fx86: {msg}");
-            return code;
-        }
+        Err(code) => return code,
     };
     let start = Instant::now();
     if let Some((from, n)) = trace_window() {
@@ -212,17 +209,22 @@ fn report(stop: &StopReason, icount: u64) -> i32 {
     stop.exit_status()
 }
 
+/// `load_guest`, printing the one-line error; `Err` carries the exit status.
+fn load_or_report(prog: &[String], seed: u64, host: StdHost) -> std::result::Result<Machine, i32> {
+    load_guest(prog, seed, host).map_err(|(code, msg)| {
+        eprintln!("fx86: {msg}");
+        code
+    })
+}
+
 fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
     let host = StdHost {
         stdout_to_stderr: stdio,
         ..Default::default()
     };
-    let m = match load_guest(prog, 0, host) {
+    let m = match load_or_report(prog, 0, host) {
         Ok(m) => m,
-        Err((code, msg)) => {
-            eprintln!("fx86: {msg}");
-            return code;
-        }
+        Err(code) => return code,
     };
     let exe = find_program(&prog[0])
         .and_then(|p| std::fs::canonicalize(p).ok())
@@ -298,12 +300,9 @@ fn tui(prog: &[String]) -> i32 {
         stdin: Some(Default::default()),
         ..Default::default()
     };
-    let m = match load_guest(prog, 0, host) {
+    let m = match load_or_report(prog, 0, host) {
         Ok(m) => m,
-        Err((code, msg)) => {
-            eprintln!("fx86: {msg}");
-            return code;
-        }
+        Err(code) => return code,
     };
     let tl = Timeline::with_adaptive_interval(m, 1 << 30);
     match fx86_tui::run(tl, prog.join(" ")) {

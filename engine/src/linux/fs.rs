@@ -643,13 +643,7 @@ impl Machine {
     }
 
     pub(super) fn sys_fs(&mut self, nr: u64) -> R<i64> {
-        let a = [
-            self.arg(0),
-            self.arg(1),
-            self.arg(2),
-            self.arg(3),
-            self.arg(4),
-        ];
+        let a = self.args6();
         macro_rules! tryp {
             ($e:expr) => {
                 match $e {

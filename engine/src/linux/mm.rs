@@ -19,14 +19,7 @@ fn page_up(v: u64) -> Option<u64> {
 
 impl Machine {
     pub(super) fn sys_mm(&mut self, nr: u64) -> R<i64> {
-        let a = [
-            self.arg(0),
-            self.arg(1),
-            self.arg(2),
-            self.arg(3),
-            self.arg(4),
-            self.arg(5),
-        ];
+        let a = self.args6();
         Ok(match nr {
             9 => self.sys_mmap(a)?,
             10 => {

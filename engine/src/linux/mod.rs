@@ -190,6 +190,11 @@ impl Machine {
         self.cpu.gpr[[RDI, RSI, RDX, 10, 8, 9][n]]
     }
 
+    /// All six syscall arguments.
+    pub(crate) fn args6(&self) -> [u64; 6] {
+        [0, 1, 2, 3, 4, 5].map(|n| self.arg(n))
+    }
+
     /// Says `msg` on fx86's stderr once per distinct message.
     pub(crate) fn warn_once(&mut self, msg: String) {
         if self.kernel.warned.insert(msg.clone()) {
