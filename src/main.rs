@@ -293,7 +293,7 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
     }
 }
 
-fn tui(prog: &[String]) -> i32 {
+fn tui(prog: &[String], hint: Option<String>) -> i32 {
     // The terminal belongs to the UI: guest output is shown in its pane, stdin is empty.
     let host = StdHost {
         capture: Some(Vec::new()),
@@ -304,8 +304,9 @@ fn tui(prog: &[String]) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    let elf = std::fs::read(&m.kernel.exe).unwrap_or_default();
     let tl = Timeline::with_adaptive_interval(m, 1 << 30);
-    match fx86_tui::run(tl, prog.join(" ")) {
+    match fx86_tui::run(tl, prog.join(" "), &elf, hint) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("fx86 tui: {e}");
@@ -373,6 +374,27 @@ fn bench_timeline(prog: &[String]) -> i32 {
         "reverse-continue over the whole history: {rc:.3} s ({:.2}x the forward run) -> {r:?}",
         rc / on
     );
+    // The TUI at the end of the history: each key is a move, a view capture and a redraw.
+    tl.goto(tl.end());
+    tl.set_breakpoints([]);
+    let elf = std::fs::read(&tl.machine().kernel.exe).unwrap_or_default();
+    let keys: Vec<char> = "S"
+        .repeat(100)
+        .chars()
+        .chain("s".repeat(100).chars())
+        .collect();
+    let times = fx86_tui::time_keys(tl, &elf, &keys);
+    for k in ['S', 's'] {
+        let mut t: Vec<f64> = times.iter().filter(|x| x.0 == k).map(|x| x.1).collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        if !t.is_empty() {
+            println!(
+                "tui key {k} (move + capture + draw 160x48): p50 {:.2} ms, p99 {:.2} ms",
+                t[t.len() / 2],
+                t[t.len() * 99 / 100]
+            );
+        }
+    }
     0
 }
 
@@ -399,7 +421,9 @@ fn demo() -> i32 {
     if unsafe { libc::isatty(0) == 1 && libc::isatty(1) == 1 } {
         // On a terminal the demo is the time-travel UI: press c to run into the crash, S to
         // step back to the bad call, C to reverse-continue.
-        return tui(&prog);
+        let hint = "demo: c runs into the crash; then w rdi+64 watches the corrupted \
+                    t->report pointer and C goes back to the write that broke it (? for keys)";
+        return tui(&prog, Some(hint.into()));
     }
     println!(
         "fx86 demo: running {} in the deterministic engine\n",
@@ -469,7 +493,7 @@ fn main() -> Result<()> {
             prog,
         } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
-        Cmd::Tui { prog } => tui(&prog),
+        Cmd::Tui { prog } => tui(&prog, None),
         Cmd::Gdbserver {
             listen,
             stdio,

@@ -31,6 +31,23 @@ pub trait Host: Send {
     fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>>;
     /// Told the icount of each syscall before it runs (replaying hosts key their logs on it).
     fn at_icount(&mut self, _icount: u64) {}
+    /// Told of each guest event (syscall, signal) as it happens, for timelines to mark.
+    fn event(&mut self, _ev: GuestEvent) {}
+}
+
+/// Something that happened in the guest at an icount, worth marking on a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestEvent {
+    pub icount: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A system call (its number) about to run.
+    Syscall(u64),
+    /// A signal (its number) about to be delivered, to a handler or fatally.
+    Signal(i32),
 }
 
 /// The host as it is: real stdin/stdout/stderr and the real (read-only) file system.

@@ -21,5 +21,6 @@ pub mod mem;
 pub mod timeline;
 
 pub use exec::Ex;
+pub use host::{EventKind, GuestEvent};
 pub use machine::{Config, Machine, Snapshot, StopReason};
 pub use timeline::{ReverseStop, Timeline};

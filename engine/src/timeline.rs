@@ -11,7 +11,7 @@
 //! the timeline wraps the front end's `Host` in a replaying host that logs stdin by the icount
 //! of the syscall that consumed it and suppresses guest output below the history frontier.
 
-use crate::host::{Host, HostStat};
+use crate::host::{GuestEvent, Host, HostStat};
 use crate::machine::{Machine, Snapshot, StopReason};
 use crate::mem::{Watch, WatchHit};
 use fx86_snapshots::FileKind;
@@ -62,6 +62,7 @@ pub struct OutputChunk {
 struct Logs {
     stdin: BTreeMap<u64, Vec<u8>>,
     output: Vec<OutputChunk>,
+    events: Vec<GuestEvent>,
 }
 
 /// The host as seen during a timeline: live past the frontier, replayed before it.
@@ -121,6 +122,19 @@ impl Host for ReplayHost {
     }
     fn at_icount(&mut self, icount: u64) {
         self.icount = icount;
+    }
+    fn event(&mut self, ev: GuestEvent) {
+        if ev.icount >= self.frontier.load(Ordering::Relaxed) {
+            let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            if logs
+                .events
+                .last()
+                .is_none_or(|l| l.icount <= ev.icount && *l != ev)
+            {
+                logs.events.push(ev);
+            }
+        }
+        self.inner.event(ev);
     }
 }
 
@@ -270,6 +284,25 @@ impl Timeline {
             .collect()
     }
 
+    /// Syscalls and signals at icounts in `range`, at most `max` of them spread evenly (for
+    /// the TUI's timeline marks).
+    pub fn events_in(&self, range: std::ops::Range<u64>, max: usize) -> Vec<GuestEvent> {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let lo = logs.events.partition_point(|e| e.icount < range.start);
+        let hi = logs.events.partition_point(|e| e.icount < range.end);
+        let all = &logs.events[lo..hi];
+        if all.len() <= max {
+            return all.to_vec();
+        }
+        // Signals are rare and always kept; syscalls are sampled.
+        let step = all.len().div_ceil(max.max(1));
+        all.iter()
+            .enumerate()
+            .filter(|(i, e)| i % step == 0 || matches!(e.kind, crate::host::EventKind::Signal(_)))
+            .map(|(_, e)| *e)
+            .collect()
+    }
+
     /// Makes the present state (changed by a debugger: registers or memory written) the start
     /// of a new branch: later history, snapshots and logged input/output after this point are
     /// dropped, and the changed state becomes a snapshot so travelling forward from here again
@@ -287,6 +320,7 @@ impl Timeline {
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         logs.stdin.retain(|k, _| *k < ic);
         logs.output.retain(|c| c.icount < ic);
+        logs.events.retain(|e| e.icount < ic);
     }
 
     pub fn set_breakpoints(&mut self, bps: impl IntoIterator<Item = u64>) {

@@ -231,6 +231,10 @@ impl Machine {
     pub(crate) fn syscall(&mut self) -> R<()> {
         let nr = self.cpu.gpr[RAX];
         self.host.at_icount(self.icount);
+        self.host.event(crate::host::GuestEvent {
+            icount: self.icount,
+            kind: crate::host::EventKind::Syscall(nr),
+        });
         let r = self.syscall_inner(nr);
         match r {
             Ok(v) => self.cpu.gpr[RAX] = v as u64,

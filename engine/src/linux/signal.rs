@@ -226,6 +226,10 @@ impl Machine {
 
     fn deliver(&mut self, info: SigInfo) -> Option<StopReason> {
         let sig = info.sig;
+        self.host.event(crate::host::GuestEvent {
+            icount: self.icount,
+            kind: crate::host::EventKind::Signal(sig),
+        });
         let act = self.kernel.sigactions[sig as usize];
         let blocked = self.kernel.sigmask & bit(sig) != 0;
         let handled = act.handler != SIG_DFL && act.handler != SIG_IGN && !(info.forced && blocked);
