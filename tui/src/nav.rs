@@ -3,8 +3,9 @@
 //! timeline, and stop early at the user's breakpoints and watchpoints like gdb's do.
 
 use crate::debuginfo::{DebugInfo, SourcePos};
+use fx86_engine::linux::signal_name;
 use fx86_engine::mem::{Watch, WatchHit, WatchKind};
-use fx86_engine::{ReverseStop, StopReason, Timeline};
+use fx86_engine::{EventKind, ReverseStop, StopReason, Timeline};
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,25 +68,63 @@ impl Nav<'_> {
         .then(|| ins.next_ip())
     }
 
-    /// Continues forward to a user breakpoint, a watchpoint that changes its value, or the end.
+    /// Signals delivered at icounts in `range` (handled ones and the fatal one).
+    fn signals(&self, range: std::ops::Range<u64>) -> Vec<(u64, i32)> {
+        self.tl
+            .events_in(range, usize::MAX)
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Signal(s) => Some((e.icount, s)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn at_signal(&mut self, at: u64, sig: i32) -> Stop {
+        self.tl.goto(at);
+        Stop::Done(format!(
+            "signal {} delivered here (the guest's handler or default action runs next)",
+            signal_name(sig)
+        ))
+    }
+
+    /// Continues forward to a user breakpoint, a watchpoint that changes its value, a signal,
+    /// or the end.
     pub fn cont(&mut self) -> Stop {
-        loop {
+        let start = self.tl.icount();
+        let r = loop {
             match self.tl.run_forward(u64::MAX) {
                 StopReason::Watch(h) if silent(&h) => {}
                 StopReason::Limit => return Stop::Cancelled,
-                r => return Stop::Forward(r),
+                r => break r,
             }
+        };
+        // A signal delivered to a handler on the way stops the move there, as in gdb.
+        let now = self.tl.icount();
+        if let Some(&(at, sig)) = self.signals(start + 1..now).first() {
+            return self.at_signal(at, sig);
         }
+        Stop::Forward(r)
     }
 
-    /// Continues backward to the last user breakpoint or watchpoint change, or icount 0.
+    /// Continues backward to the last user breakpoint, watchpoint change or signal, or
+    /// icount 0.
     pub fn reverse_cont(&mut self) -> Stop {
-        loop {
+        let start = self.tl.icount();
+        let r = loop {
             match self.tl.reverse_continue() {
                 ReverseStop::Watch(h) if silent(&h) && self.tl.icount() > 0 => {}
-                r => return Stop::Reverse(r),
+                r => break r,
             }
+        };
+        if r == ReverseStop::Cancelled {
+            return Stop::Cancelled;
         }
+        let now = self.tl.icount();
+        if let Some(&(at, sig)) = self.signals(now + 1..start).last() {
+            return self.at_signal(at, sig);
+        }
+        Stop::Reverse(r)
     }
 
     /// Runs forward until rip is `at` with rsp at least `sp` (the return from a call made

@@ -360,3 +360,23 @@ fn static_pie_symbols_and_lines_are_relocated() {
     assert!(v.backtrace[0].contains("sum_squares"), "{:?}", v.backtrace);
     assert!(v.source.is_some(), "line tables relocated too");
 }
+
+#[test]
+fn continue_stops_at_handled_signals_both_ways() {
+    let bin = build("tests/guests/signals.c", &["-static", "-O1"]);
+    let (w, mut app) = start(&bin, &[]);
+    let v = keys(&w, &mut app, &[key('c')]);
+    assert!(v.status.contains("signal SIGSEGV"), "{}", v.status);
+    let segv = v.icount;
+    assert!(!v.output.contains("signal 11"), "{}", v.output);
+    assert!(v.marks.contains(&(segv, Mark::Signal)), "{:?}", v.marks);
+    let v = keys(&w, &mut app, &[key('c')]);
+    assert!(v.status.contains("signal SIGUSR1"), "{}", v.status);
+    let usr1 = v.icount;
+    assert!(usr1 > segv);
+    let v = keys(&w, &mut app, &[key('C')]);
+    assert!(v.status.contains("signal SIGSEGV"), "{}", v.status);
+    assert_eq!(v.icount, segv);
+    let s = screen(&app);
+    assert!(s.contains("SIGSEGV"), "{s}");
+}

@@ -16,7 +16,7 @@ use fx86_snapshots::DataTree;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use fs::{Ofd, OfdKind};
-pub use signal::SigAction;
+pub use signal::{signal_name, SigAction};
 
 /// errno values.
 pub mod errno {
