@@ -2,6 +2,7 @@
 //! system, and reports results. Library crates do the work.
 
 mod lockstep;
+mod recordings;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -70,6 +71,35 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
+    /// Run a program like `run` and write a recording that replays bit for bit anywhere:
+    /// the program, every file it read, its stdin and state-hash checkpoints.
+    Record {
+        /// The recording file to write (written under a temporary name, then renamed).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Instructions between state-hash checkpoints (what `verify` checks).
+        #[arg(long, value_name = "N", default_value_t = fx86_engine::record::DEFAULT_CHECKPOINT_INTERVAL)]
+        checkpoint_interval: u64,
+        /// Seed for the guest's randomness.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        prog: Vec<String>,
+    },
+    /// Re-execute a recording: its output again, with the original exit status.
+    Replay {
+        file: PathBuf,
+        /// Serve the replay to gdb instead (`target remote ADDR:PORT`), with reverse execution.
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with = "tui")]
+        gdb: Option<String>,
+        /// Open the replay in the terminal UI.
+        #[arg(long)]
+        tui: bool,
+    },
+    /// Replay a recording and check every state-hash checkpoint and the final state.
+    Verify { file: PathBuf },
+    /// Describe a recording: program, args, icount, exit status, files, checkpoints.
+    Info { file: PathBuf },
     /// Run a demo guest with a bug and show what happened.
     Demo,
     /// Benchmark time travel on a program: forward speed with snapshots on and off,
@@ -98,6 +128,17 @@ pub fn load_guest(
     seed: u64,
     host: StdHost,
 ) -> std::result::Result<Machine, (i32, String)> {
+    let (bytes, config) = guest_config(prog, seed)?;
+    let name = config.exe.clone();
+    Machine::new(&bytes, config, Box::new(host)).map_err(|e| (126, format!("{name}: {e}")))
+}
+
+/// The program's bytes and the guest configuration `fx86 run -- PROG` would use: this
+/// process's environment, working directory and terminal.
+pub fn guest_config(
+    prog: &[String],
+    seed: u64,
+) -> std::result::Result<(Vec<u8>, Config), (i32, String)> {
     let name = &prog[0];
     let Some(path) = find_program(name) else {
         return Err((127, format!("{name}: command not found")));
@@ -122,8 +163,7 @@ pub fn load_guest(
         // SAFETY: isatty only inspects the descriptor.
         tty: unsafe { libc::isatty(1) } == 1,
     };
-    Machine::new(&bytes, config, Box::new(host))
-        .map_err(|e| (126, format!("{}: {e}", path.display())))
+    Ok((bytes, config))
 }
 
 /// Parses a size such as `4096`, `512K`, `64M` or `2G`.
@@ -197,7 +237,7 @@ fn trace_window() -> Option<(u64, u64)> {
 }
 
 /// Prints why the guest stopped (for signals and limits) and returns the exit status.
-fn report(stop: &StopReason, icount: u64) -> i32 {
+pub fn report(stop: &StopReason, icount: u64) -> i32 {
     match stop {
         StopReason::Exited(_) => {}
         StopReason::Signaled { msg, .. } => {
@@ -230,7 +270,17 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
         .and_then(|p| std::fs::canonicalize(p).ok())
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    serve_gdb(
+        Timeline::with_adaptive_interval(m, 1 << 30),
+        exe,
+        listen,
+        stdio,
+    )
+}
+
+/// Serves a timeline to one gdb session; `exe` is the program file gdb should read symbols
+/// from.
+pub fn serve_gdb(tl: Timeline, exe: String, listen: &str, stdio: bool) -> i32 {
     let mut target = fx86_gdbserver::Fx86Target::new(tl, exe);
     if stdio {
         let result = fx86_gdbserver::serve(
@@ -306,7 +356,11 @@ fn tui(prog: &[String], hint: Option<String>) -> i32 {
     };
     let elf = std::fs::read(&m.kernel.exe).unwrap_or_default();
     let tl = Timeline::with_adaptive_interval(m, 1 << 30);
-    match fx86_tui::run(tl, prog.join(" "), &elf, hint) {
+    tui_on(tl, prog.join(" "), &elf, hint)
+}
+
+pub fn tui_on(tl: Timeline, title: String, elf: &[u8], hint: Option<String>) -> i32 {
+    match fx86_tui::run(tl, title, elf, hint) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("fx86 tui: {e}");
@@ -500,6 +554,15 @@ fn main() -> Result<()> {
             prog,
         } => gdbserver(&listen, stdio, &prog),
         Cmd::BenchTimeline { prog } => bench_timeline(&prog),
+        Cmd::Record {
+            output,
+            checkpoint_interval,
+            seed,
+            prog,
+        } => recordings::record(&output, checkpoint_interval, seed, &prog),
+        Cmd::Replay { file, gdb, tui } => recordings::replay(&file, gdb.as_deref(), tui),
+        Cmd::Verify { file } => recordings::verify(&file),
+        Cmd::Info { file } => recordings::info(&file),
     };
     std::process::exit(code);
 }

@@ -172,3 +172,48 @@ fn sigterm_restores_the_terminal() {
     let s = t.wait_for("FX86-EXIT=");
     assert!(!s.contains("Registers"), "{s}");
 }
+
+#[test]
+fn a_recording_opens_in_the_tui_without_its_program() {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tui-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let built = build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
+        "gcc",
+        "-O1",
+    );
+    let bin = dir.join("overflow");
+    std::fs::copy(&built, &bin).expect("copy");
+    let rec = dir.join("bug.fxr");
+    let st = Command::new(env!("CARGO_BIN_EXE_fx86"))
+        .arg("record")
+        .arg("-o")
+        .arg(&rec)
+        .arg("--")
+        .arg(&bin)
+        .arg("7")
+        .output()
+        .expect("record");
+    assert_eq!(st.status.code(), Some(139));
+    std::fs::remove_file(&bin).expect("delete program");
+    let cmd = format!(
+        "{} replay {} --tui; echo FX86-EXIT=$?; sleep 600",
+        env!("CARGO_BIN_EXE_fx86"),
+        rec.display()
+    );
+    let t = Tmux::start(&cmd);
+    t.wait_for("replaying");
+    t.keys(&["c"]);
+    let s = t.wait_for("SIGSEGV");
+    assert!(s.contains("round 8: 4106"), "{s}");
+    // Symbols and source lines come from the program stored in the recording.
+    t.keys(&["C"]);
+    let s = t.wait_for("history");
+    assert!(s.contains("icount 0 /"), "{s}");
+    assert!(s.contains("_start"), "{s}");
+    t.keys(&["q"]);
+    let s = t.wait_for("FX86-EXIT=");
+    assert!(s.contains("FX86-EXIT=0"), "{s}");
+}

@@ -18,6 +18,7 @@ pub mod host;
 pub mod linux;
 pub mod machine;
 pub mod mem;
+pub mod record;
 pub mod timeline;
 
 pub use exec::Ex;

@@ -13,5 +13,6 @@
 mod datatree;
 mod pagetree;
 
+pub mod recording;
 pub use datatree::{DataTree, FileKind, Node};
 pub use pagetree::{Page, PageTree, PAGE_SIZE};
