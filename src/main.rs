@@ -273,6 +273,7 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
     serve_gdb(
         Timeline::with_adaptive_interval(m, 1 << 30),
         exe,
+        None,
         listen,
         stdio,
     )
@@ -280,8 +281,17 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
 
 /// Serves a timeline to one gdb session; `exe` is the program file gdb should read symbols
 /// from.
-pub fn serve_gdb(tl: Timeline, exe: String, listen: &str, stdio: bool) -> i32 {
+pub fn serve_gdb(
+    tl: Timeline,
+    exe: String,
+    program: Option<Vec<u8>>,
+    listen: &str,
+    stdio: bool,
+) -> i32 {
     let mut target = fx86_gdbserver::Fx86Target::new(tl, exe);
+    if let Some(p) = program {
+        target = target.with_program(p);
+    }
     if stdio {
         let result = fx86_gdbserver::serve(
             &mut target,

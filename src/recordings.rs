@@ -189,9 +189,11 @@ pub fn replay(file: &Path, gdb: Option<&str>, tui: bool) -> i32 {
             "fx86 replay: {} recorded instructions; the program is at {exe}",
             rec.end.icount
         );
+        let program = rec.blobs.get(&rec.manifest.program).cloned();
         return crate::serve_gdb(
             Timeline::with_adaptive_interval(m, 1 << 30),
             exe,
+            program,
             addr,
             false,
         );

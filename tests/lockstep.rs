@@ -37,6 +37,7 @@ const CORPUS: &[(&str, &[&str])] = &[
     ("longdouble.c", &[]),
     ("strings.c", &[]),
     ("sse2.c", &[]),
+    ("mmx.c", &[]),
     ("signals.c", &[]),
     ("crash_segv.c", &[]),
     ("crash_abort.c", &[]),

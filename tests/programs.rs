@@ -10,6 +10,7 @@ const C_GUESTS: &[&str] = &[
     "longdouble.c",
     "strings.c",
     "sse2.c",
+    "mmx.c",
     "signals.c",
     "crash_segv.c",
     "crash_abort.c",

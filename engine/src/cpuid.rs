@@ -1,7 +1,7 @@
-//! The one CPU model fx86 presents. It advertises only what the engine implements: x87, SSE,
-//! SSE2, CMOV, CX8/CX16, POPCNT, FXSR, XSAVE with XCR0 = x87|SSE (so AVX is off), LAHF/SAHF
-//! in 64-bit mode, SYSCALL, NX, long mode. No SSE3+, no AVX, no BMI, no RDTSCP, no FSGSBASE,
-//! no MMX: software takes its baseline SSE2 paths. The lockstep tester shows the native side
+//! The one CPU model fx86 presents. It advertises only what the engine implements: x87, MMX,
+//! SSE, SSE2, CMOV, CX8/CX16, POPCNT, FXSR, XSAVE with XCR0 = x87|SSE (so AVX is off), LAHF/SAHF
+//! in 64-bit mode, SYSCALL, NX, long mode. No SSE3+, no AVX, no BMI, no RDTSCP, no FSGSBASE:
+//! software takes its baseline SSE2 paths. The lockstep tester shows the native side
 //! the same values through CPUID faulting.
 
 /// Feature bits of XCR0 that the model enables (x87 and SSE state).
@@ -28,8 +28,15 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
             let eax = 0x0003_06a9; // family 6, model 0x3a, stepping 9
             let ebx = (8 << 8) | (1 << 16);
             let ecx = (1 << 13) | (1 << 23) | (1 << 26) | (1 << 27); // CX16 POPCNT XSAVE OSXSAVE
-            let edx =
-                1 | (1 << 4) | (1 << 8) | (1 << 15) | (1 << 19) | (1 << 24) | (1 << 25) | (1 << 26);
+            let edx = 1
+                | (1 << 4)
+                | (1 << 8)
+                | (1 << 15)
+                | (1 << 19)
+                | (1 << 23)
+                | (1 << 24)
+                | (1 << 25)
+                | (1 << 26);
             [eax, ebx, ecx, edx]
         }
         2 => [0x00ff_0001, 0, 0, 0], // "use leaf 4"

@@ -32,6 +32,8 @@ pub struct Loaded {
     pub load_bias: u64,
     /// PT_INTERP path, if the program asks for a dynamic loader.
     pub interp: Option<String>,
+    /// Where that loader was mapped (AT_BASE), once it is.
+    pub interp_base: u64,
 }
 
 /// Load address for position-independent executables (Linux's ELF_ET_DYN_BASE without ASLR).
@@ -83,8 +85,27 @@ pub fn check_ident(file: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Where a position-independent image goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The program: ET_EXEC at its addresses, ET_DYN at [`PIE_BASE`].
+    Pie,
+    /// The dynamic loader: ET_DYN only, top-down below the mmap base, as Linux does.
+    TopDown,
+}
+
 /// Maps the program's segments into `mem`.
 pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadError> {
+    load_at(file, mem, name, Place::Pie)
+}
+
+/// Maps an ELF image's segments into `mem`, placed as `place` says.
+pub fn load_at(
+    file: &[u8],
+    mem: &mut Memory,
+    name: &str,
+    place: Place,
+) -> Result<Loaded, LoadError> {
     check_ident(file)?;
     let etype = u16_at(file, 16)?;
     if etype != 2 && etype != 3 {
@@ -128,19 +149,32 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
             interp = Some(String::from_utf8_lossy(path).into_owned());
         }
     }
-    if let Some(i) = &interp {
-        return Err(LoadError::Unsupported(format!(
-            "dynamically linked (interpreter {i}); fx86 runs static executables for now"
-        )));
-    }
     let loads: Vec<&Phdr> = phdrs.iter().filter(|p| p.ptype == 1).collect();
     if loads.is_empty() {
         return Err(LoadError::Corrupt("no loadable segments"));
     }
-    let bias = if etype == 3 {
-        PIE_BASE - loads[0].vaddr / 4096 * 4096
-    } else {
-        0
+    let lo = loads.iter().map(|p| p.vaddr).min().unwrap_or(0) & !0xfff;
+    let hi = loads
+        .iter()
+        .map(|p| p.vaddr.saturating_add(p.memsz))
+        .max()
+        .unwrap_or(0);
+    let bias = match (etype, place) {
+        (2, Place::Pie) => 0,
+        (3, Place::Pie) => PIE_BASE.wrapping_sub(lo),
+        (3, Place::TopDown) => {
+            let span = hi
+                .checked_sub(lo)
+                .and_then(|s| s.checked_add(0xfff))
+                .map(|s| s & !0xfff)
+                .filter(|&s| s > 0 && s < crate::mem::USER_END)
+                .ok_or(LoadError::Corrupt("segment addresses"))?;
+            let at = mem
+                .find_free(span, crate::linux::mm::MMAP_BASE)
+                .ok_or(LoadError::Corrupt("no room for the dynamic loader"))?;
+            at.wrapping_sub(lo)
+        }
+        _ => return Err(LoadError::NotExecutable(etype)),
     };
     let mut brk = 0;
     let mut phdr_addr = None;
@@ -153,10 +187,7 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
         if p.filesz > p.memsz {
             return Err(LoadError::Corrupt("segment file size exceeds memory size"));
         }
-        let start = p
-            .vaddr
-            .checked_add(bias)
-            .ok_or(LoadError::Corrupt("segment address"))?;
+        let start = p.vaddr.wrapping_add(bias);
         let end = start
             .checked_add(p.memsz)
             .ok_or(LoadError::Corrupt("segment size"))?;
@@ -213,6 +244,7 @@ pub fn load(file: &[u8], mem: &mut Memory, name: &str) -> Result<Loaded, LoadErr
         brk,
         load_bias: bias,
         interp,
+        interp_base: 0,
     })
 }
 
@@ -293,7 +325,7 @@ pub fn build_stack(
         (at::PHDR, loaded.phdr),
         (at::PHENT, loaded.phent),
         (at::PHNUM, loaded.phnum),
-        (at::BASE, 0),
+        (at::BASE, loaded.interp_base),
         (at::FLAGS, 0),
         (at::ENTRY, loaded.entry),
         (at::UID, 1000),

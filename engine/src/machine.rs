@@ -191,7 +191,37 @@ impl Machine {
     pub fn new(program: &[u8], config: Config, host: Box<dyn Host>) -> Result<Machine, LoadError> {
         let mut mem = Memory::default();
         let name = config.exe.clone();
-        let loaded = elf::load(program, &mut mem, &name)?;
+        let mut loaded = elf::load(program, &mut mem, &name)?;
+        let kernel = Kernel::new(&config, loaded.brk, Vec::new());
+        let mut m = Machine::from_parts(Cpu::default(), mem, kernel, host);
+        // A dynamically linked program starts in its loader, which the kernel maps from the
+        // file system (here: the data tree, which sees the host's files read-only).
+        let (entry, interp_base) = match &loaded.interp {
+            None => (loaded.entry, 0),
+            Some(interp) => {
+                let path = m
+                    .resolve(-100, interp.as_bytes(), true)
+                    .ok()
+                    .filter(|p| m.lookup(p).is_some())
+                    .ok_or_else(|| {
+                        LoadError::Unsupported(format!("its dynamic loader {interp} is missing"))
+                    })?;
+                let data = m.file_data(&path).ok_or_else(|| {
+                    LoadError::Unsupported(format!("its dynamic loader {interp} is not readable"))
+                })?;
+                let l =
+                    elf::load_at(&data, &mut m.mem, &path, elf::Place::TopDown).map_err(|e| {
+                        LoadError::Unsupported(format!("its dynamic loader {interp}: {e}"))
+                    })?;
+                if l.interp.is_some() {
+                    return Err(LoadError::Unsupported(format!(
+                        "its dynamic loader {interp} asks for a loader itself"
+                    )));
+                }
+                (l.entry, l.load_bias)
+            }
+        };
+        loaded.interp_base = interp_base;
         let mut random = [0u8; 16];
         let mut h = blake3::Hasher::new();
         h.update(b"fx86 AT_RANDOM");
@@ -203,7 +233,7 @@ impl Machine {
             .cloned()
             .unwrap_or_else(|| config.exe.as_bytes().to_vec());
         let (sp, auxv) = elf::build_stack(
-            &mut mem,
+            &mut m.mem,
             &loaded,
             &config.args,
             &config.env,
@@ -211,11 +241,10 @@ impl Machine {
             random,
             crate::cpuid::hwcap(),
         );
-        let mut cpu = Cpu::default();
-        cpu.rip = loaded.entry;
-        cpu.gpr[RSP] = sp;
-        let kernel = Kernel::new(&config, loaded.brk, auxv);
-        Ok(Machine::from_parts(cpu, mem, kernel, host))
+        m.cpu.rip = entry;
+        m.cpu.gpr[RSP] = sp;
+        m.kernel.auxv = auxv;
+        Ok(m)
     }
 
     fn from_parts(cpu: Cpu, mem: Memory, kernel: Kernel, host: Box<dyn Host>) -> Machine {

@@ -8,6 +8,7 @@
 
 mod arch;
 mod breakpoints;
+mod hostio;
 mod monitor;
 mod sanitize;
 mod stdio;

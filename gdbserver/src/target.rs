@@ -41,6 +41,11 @@ pub struct Fx86Target {
     pub(crate) fs_base: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Size of the executable's static TLS block (from PT_TLS), if it has one.
     pub(crate) tls_block: Option<u64>,
+    /// The program's bytes, for gdb's file access to `exe` when it is not in the guest's
+    /// file system (a replay's program).
+    pub(crate) exe_bytes: Option<std::sync::Arc<Vec<u8>>>,
+    /// Files gdb has open through `vFile`.
+    pub(crate) files: std::collections::BTreeMap<u32, std::sync::Arc<Vec<u8>>>,
 }
 
 impl Fx86Target {
@@ -59,7 +64,18 @@ impl Fx86Target {
             watches: Vec::new(),
             fatal_reported: None,
             log: Vec::new(),
+            exe_bytes: None,
+            files: Default::default(),
         }
+    }
+
+    /// Serves `bytes` as the program file to gdb (when `exe` names no file the guest sees).
+    pub fn with_program(mut self, bytes: Vec<u8>) -> Fx86Target {
+        if self.tls_block.is_none() {
+            self.tls_block = tls_block_size(&bytes);
+        }
+        self.exe_bytes = Some(std::sync::Arc::new(bytes));
+        self
     }
 
     /// Publishes the thread pointer for `qGetTLSAddr` answers.
@@ -162,6 +178,10 @@ impl Target for Fx86Target {
     }
 
     fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
         Some(self)
     }
 

@@ -43,6 +43,15 @@ fn is_x87(m: M) -> bool {
     set.get(m as usize).copied().unwrap_or(false)
 }
 
+/// MMX instructions: those with an MMX register operand, and EMMS.
+fn is_mmx(i: &Instruction) -> bool {
+    i.mnemonic() == M::Emms
+        || (0..i.op_count()).any(|k| {
+            i.op_kind(k) == OpKind::Register
+                && (Register::MM0..=Register::MM7).contains(&i.op_register(k))
+        })
+}
+
 /// x87 instructions that do not first check for pending unmasked exceptions.
 fn no_wait(m: M) -> bool {
     matches!(
@@ -212,10 +221,120 @@ impl Machine {
 
     pub(super) fn exec_x87(&mut self, i: &Instruction) -> Option<R<()>> {
         let m = i.mnemonic();
-        if !is_x87(m) {
-            return None;
+        if is_x87(m) {
+            return Some(self.x87(i, m));
         }
-        Some(self.x87(i, m))
+        if is_mmx(i) {
+            return Some(self.mmx(i, m));
+        }
+        None
+    }
+
+    /// MMX register `n` (the low 64 bits of physical x87 register n).
+    fn mm(&self, n: usize) -> u64 {
+        u64::from_le_bytes(self.cpu.x87.regs[n][..8].try_into().expect("8 bytes"))
+    }
+
+    /// What every MMX instruction does to the x87 state: TOP = 0, all registers valid.
+    fn mmx_enter(&mut self) {
+        self.cpu.x87.fsw &= !(7 << 11);
+        self.cpu.x87.ftw = 0xff;
+    }
+
+    /// MMX instructions run on the host FPU like x87 ones (the MMX registers are the x87
+    /// registers); general-register operands are turned into memory operands or done here.
+    fn mmx(&mut self, i: &Instruction, m: M) -> R<()> {
+        use iced_x86::Code as C;
+        let x = &self.cpu.x87;
+        if m != M::Emms && (x.fsw & 0x3f) & !(x.fcw & 0x3f) != 0 {
+            return Err(Ex::X87Fp);
+        }
+        let mmn = |r: Register| (r as usize - Register::MM0 as usize) & 7;
+        match i.code() {
+            C::Pextrw_r32_mm_imm8 | C::Pextrw_r64_mm_imm8 => {
+                let v = (self.mm(mmn(i.op1_register())) >> (16 * (i.immediate8() & 3))) & 0xffff;
+                self.mmx_enter();
+                self.set_reg(i.op0_register(), v);
+                return Ok(());
+            }
+            C::Pmovmskb_r32_mm | C::Pmovmskb_r64_mm => {
+                let v = self.mm(mmn(i.op1_register()));
+                let mask = (0..8).fold(0u64, |acc, b| acc | (((v >> (8 * b + 7)) & 1) << b));
+                self.mmx_enter();
+                self.set_reg(i.op0_register(), mask);
+                return Ok(());
+            }
+            C::Maskmovq_rDI_mm_mm => return Err(self.illegal(i)),
+            _ => {}
+        }
+        let mut enc = *i;
+        let mut buf = [0u8; 16];
+        // A general register as the source: its value goes through the scratch buffer.
+        let mut gpr_dest = None;
+        for k in 0..i.op_count() {
+            if i.op_kind(k) != OpKind::Register {
+                continue;
+            }
+            let r = i.op_register(k);
+            if !r.is_gpr() {
+                continue;
+            }
+            if k == 0 {
+                gpr_dest = Some(r);
+            } else {
+                let v = self.get_reg(r);
+                buf[..8].copy_from_slice(&v.to_le_bytes());
+            }
+            enc.set_op_kind(k, OpKind::Memory);
+        }
+        let has_mem = (0..enc.op_count()).any(|k| enc.op_kind(k) == OpKind::Memory);
+        let store = enc.op0_kind() == OpKind::Memory;
+        let mut addr = 0;
+        let size = i.memory_size().size().min(16);
+        if has_mem {
+            if (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory) {
+                addr = self.ea(i);
+                if !store {
+                    self.mem.read_bytes(addr, &mut buf[..size])?;
+                }
+            }
+            enc.set_memory_base(Register::RDI);
+            enc.set_memory_index(Register::None);
+            enc.set_memory_index_scale(1);
+            enc.set_memory_displacement64(0);
+            enc.set_memory_displ_size(0);
+            enc.set_segment_prefix(Register::None);
+        }
+        let mut e = Encoder::new(64);
+        if e.encode(&enc, 0).is_err() {
+            return Err(self.illegal(i));
+        }
+        let bytes = e.take_buffer();
+        let stub =
+            stub_for(&bytes).ok_or_else(|| Ex::Illegal("x87 stub arena unavailable".into()))?;
+        let mut guest = FxArea(self.fx_image());
+        guest.0[6..24].fill(0);
+        let mut host = FxArea([0; 512]);
+        let gflags = self.cpu.rflags() & fl::ARITH;
+        // SAFETY: as for x87 instructions: the stub touches only the three buffers (the
+        // scratch buffer is larger than any MMX memory operand) and the FPU/SSE state, which
+        // it restores before returning.
+        unsafe {
+            stub(
+                buf.as_mut_ptr(),
+                guest.0.as_mut_ptr(),
+                host.0.as_mut_ptr(),
+                gflags | 2,
+            );
+        }
+        if let Some(r) = gpr_dest {
+            let v = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+            self.set_reg(r, v);
+        } else if store {
+            self.mem.write_bytes(addr, &buf[..size])?;
+        }
+        // Conversions between MMX and SSE registers change xmm and MXCSR flags too.
+        self.load_fx_image(&guest.0)
     }
 
     fn x87(&mut self, i: &Instruction, m: M) -> R<()> {

@@ -3,7 +3,7 @@
 //! and everything the guest creates, writes, renames or deletes changes only the data tree.
 
 use super::errno::*;
-use super::Machine;
+use super::{procfs, Machine};
 use crate::exec::R;
 use fx86_snapshots::{FileKind, Node};
 use std::sync::Arc;
@@ -121,14 +121,27 @@ impl Machine {
                 rdev,
             });
         }
-        if path == "/proc/self/exe" || path == "/proc/self" {
-            return Some(Meta {
-                kind: FileKind::Symlink,
-                mode: 0o777,
+        let meta = |kind, mode| {
+            Some(Meta {
+                kind,
+                mode,
                 size: 0,
                 ino: ino_of(path),
                 rdev: 0,
-            });
+            })
+        };
+        if let Some(rest) = procfs::proc_self(path) {
+            // The guest's own /proc directory is fx86's: never the host's process of that pid.
+            return match rest {
+                "" if path.ends_with("self") => meta(FileKind::Symlink, 0o777),
+                "" => meta(FileKind::Dir, 0o555),
+                "exe" | "cwd" => meta(FileKind::Symlink, 0o777),
+                _ if procfs::is_synthetic(path) => meta(FileKind::File, 0o444),
+                _ => None,
+            };
+        }
+        if procfs::is_synthetic(path) {
+            return meta(FileKind::File, 0o444);
         }
         match self.kernel.data.get(path) {
             Some(Node::Whiteout) => None,
@@ -173,9 +186,12 @@ impl Machine {
     }
 
     fn link_target(&mut self, path: &str) -> Option<Vec<u8>> {
-        match path {
-            "/proc/self/exe" => return Some(self.kernel.exe.as_bytes().to_vec()),
-            "/proc/self" => return Some(super::GUEST_PID.to_string().into_bytes()),
+        if path == "/proc/self" || path == "/proc/thread-self" {
+            return Some(super::GUEST_PID.to_string().into_bytes());
+        }
+        match procfs::proc_self(path) {
+            Some("exe") => return Some(self.kernel.exe.as_bytes().to_vec()),
+            Some("cwd") => return Some(self.kernel.cwd.as_bytes().to_vec()),
             _ => {}
         }
         match self.kernel.data.get(path) {
@@ -294,6 +310,30 @@ impl Machine {
                     },
                 );
                 Some(data)
+            }
+        }
+    }
+
+    /// A file as the guest would see it at `path` (symlinks followed), without changing guest
+    /// state: a file not yet in the data tree is read from the host but not imported. For
+    /// debuggers that read the program and its libraries (gdb's `vFile`).
+    pub fn peek_file(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
+        let path = self.resolve(AT_FDCWD, path.as_bytes(), true).ok()?;
+        if let Some(d) = self.synthetic_file(&path) {
+            return Some(Arc::new(d));
+        }
+        match self.kernel.data.get(&path) {
+            Some(Node::Present {
+                kind: FileKind::File,
+                data,
+                ..
+            }) => Some(data.clone()),
+            Some(_) => None,
+            None => {
+                if self.host.lstat(&path)?.kind != FileKind::File {
+                    return None;
+                }
+                self.host.read_file(&path).map(Arc::new)
             }
         }
     }
@@ -445,6 +485,18 @@ impl Machine {
             Err(e) => return Ok(-e),
         };
         let cloexec = flags & O_CLOEXEC != 0;
+        if let Some(data) = self.synthetic_file(&path) {
+            // Made now, from the state at this moment (as the kernel does on open).
+            self.kernel.data.set(
+                &path,
+                Node::Present {
+                    kind: FileKind::File,
+                    mode: 0o444,
+                    data: Arc::new(data),
+                    ino: ino_of(&path),
+                },
+            );
+        }
         if let Some((kind, _)) = device(&path) {
             let id = self.kernel.new_ofd(Ofd::new(kind, flags));
             return Ok(self.kernel.install_fd(0, id, cloexec));
@@ -688,6 +740,39 @@ impl Machine {
                 }
                 tryp!(self.fd_write(a[0], &buf, None)) as i64
             }
+            40 | 326 => {
+                // sendfile(out, in, *off, n) / copy_file_range(in, *off_in, out, *off_out, n)
+                let (fin, off_in, fout, off_out, n) = if nr == 40 {
+                    (a[1], a[2], a[0], 0, a[3])
+                } else {
+                    (a[0], a[1], a[2], a[3], a[4])
+                };
+                let n = (n as usize).min(1 << 26);
+                let at_in = if off_in != 0 {
+                    Some(self.mem.read_u64(off_in)?)
+                } else {
+                    None
+                };
+                let at_out = if off_out != 0 {
+                    Some(self.mem.read_u64(off_out)?)
+                } else {
+                    None
+                };
+                let data = tryp!(self.fd_read(fin, n, at_in));
+                let done = tryp!(self.fd_write(fout, &data, at_out));
+                if let Some(o) = at_in {
+                    self.mem.write_u64(off_in, o + data.len() as u64)?;
+                }
+                if let Some(o) = at_out {
+                    self.mem.write_u64(off_out, o + done as u64)?;
+                }
+                done as i64
+            }
+            // getxattr family: files in the data tree have no extended attributes.
+            188..=190 => -EOPNOTSUPP,
+            191..=193 => -ENODATA,
+            194..=196 => 0,
+            197..=199 => -ENODATA,
             2 => self.do_open(AT_FDCWD, a[0], a[1] as i32, a[2] as u32)?,
             257 => self.do_open(a[0] as i32 as i64, a[1], a[2] as i32, a[3] as u32)?,
             3 => {

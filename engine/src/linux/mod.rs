@@ -6,7 +6,8 @@
 //! syscall returns -ENOSYS and fx86 says so once on its own stderr.
 
 mod fs;
-mod mm;
+pub(crate) mod mm;
+pub(crate) mod procfs;
 pub(crate) mod signal;
 
 use crate::cpu::{RAX, RDI, RDX, RSI};
@@ -22,6 +23,8 @@ pub use signal::{signal_name, SigAction};
 pub mod errno {
     pub const EPERM: i64 = 1;
     pub const ENOENT: i64 = 2;
+    pub const ENODATA: i64 = 61;
+    pub const EOPNOTSUPP: i64 = 95;
     pub const ESRCH: i64 = 3;
     pub const EINTR: i64 = 4;
     pub const EBADF: i64 = 9;
@@ -71,6 +74,9 @@ pub struct Kernel {
     pub random_counter: u64,
     pub tty: bool,
     pub auxv: Vec<(u64, u64)>,
+    /// argv and the environment as /proc/self/cmdline and environ show them (NUL-terminated).
+    pub cmdline: std::sync::Arc<Vec<u8>>,
+    pub environ: std::sync::Arc<Vec<u8>>,
     pub tid_address: u64,
     /// Nanoseconds the guest slept (nanosleep advances the virtual clock).
     pub slept_ns: u64,
@@ -101,6 +107,8 @@ impl Kernel {
             random_counter: 0,
             tty: config.tty,
             auxv,
+            cmdline: std::sync::Arc::new(nul_joined(&config.args)),
+            environ: std::sync::Arc::new(nul_joined(&config.env)),
             tid_address: 0,
             slept_ns: 0,
             warned: BTreeSet::new(),
@@ -184,6 +192,15 @@ impl Kernel {
     }
 }
 
+fn nul_joined(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for i in items {
+        v.extend_from_slice(i);
+        v.push(0);
+    }
+    v
+}
+
 impl Machine {
     /// Syscall arguments.
     pub(crate) fn arg(&self, n: usize) -> u64 {
@@ -249,14 +266,87 @@ impl Machine {
         let a0 = self.arg(0);
         let a1 = self.arg(1);
         Ok(match nr {
-            0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 16 | 17 | 18 | 19 | 20 | 21 | 22 | 23 | 32 | 33
-            | 72 | 74 | 75 | 76 | 77 | 78 | 79 | 80 | 81 | 82 | 83 | 84 | 86 | 87 | 88 | 89
-            | 90 | 91 | 92 | 93 | 94 | 132 | 137 | 138 | 217 | 257 | 258 | 260 | 262 | 263
-            | 264 | 265 | 266 | 267 | 268 | 269 | 280 | 292 | 293 | 316 | 332 | 439 | 221 | 285
-            | 271 | 270 => return self.sys_fs(nr),
+            0
+            | 1
+            | 2
+            | 3
+            | 4
+            | 5
+            | 6
+            | 7
+            | 8
+            | 16
+            | 17
+            | 18
+            | 19
+            | 20
+            | 21
+            | 22
+            | 23
+            | 32
+            | 33
+            | 72
+            | 74
+            | 75
+            | 76
+            | 77
+            | 78
+            | 79
+            | 80
+            | 81
+            | 82
+            | 83
+            | 84
+            | 86
+            | 87
+            | 88
+            | 89
+            | 90
+            | 91
+            | 92
+            | 93
+            | 94
+            | 132
+            | 137
+            | 138
+            | 217
+            | 257
+            | 258
+            | 260
+            | 262
+            | 263
+            | 264
+            | 265
+            | 266
+            | 267
+            | 268
+            | 269
+            | 280
+            | 292
+            | 293
+            | 316
+            | 332
+            | 439
+            | 221
+            | 285
+            | 271
+            | 270
+            | 40
+            | 326
+            | 188..=199 => return self.sys_fs(nr),
             9 | 10 | 11 | 12 | 25 | 26 | 27 | 28 => return self.sys_mm(nr),
             13 | 14 | 15 | 62 | 131 | 200 | 234 | 127 | 130 => return self.sys_signal(nr),
             24 => 0, // sched_yield
+            41 | 53 => {
+                // socket / socketpair: a guest has no network and no other process to talk to.
+                if a0 != 1 {
+                    self.warn_once(
+                        "the guest tried to open a network socket; fx86 guests have no network (EACCES)"
+                            .into(),
+                    );
+                }
+                -EACCES
+            }
             35 | 230 => {
                 // nanosleep / clock_nanosleep: the virtual clock moves on by the request.
                 let req = if nr == 35 { a0 } else { self.arg(2) };
