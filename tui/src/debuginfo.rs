@@ -4,7 +4,7 @@
 //! backtrace. Reading a malformed file never fails; the broken part is simply absent.
 
 use gimli::{EndianArcSlice, LittleEndian, UnwindSection};
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -38,8 +38,12 @@ struct Rule {
     ra_at: Option<i64>,
 }
 
-pub struct DebugInfo {
+/// One ELF object mapped in the guest: the program or a shared library.
+struct Module {
     bias: u64,
+    /// Guest addresses its loadable segments cover.
+    lo: u64,
+    hi: u64,
     /// (start, size, name) sorted by start, unbiased.
     symbols: Vec<(u64, u64, String)>,
     by_name: BTreeMap<String, u64>,
@@ -58,11 +62,12 @@ fn section(file: &object::File, name: &str) -> R {
     EndianArcSlice::new(Arc::from(data), LittleEndian)
 }
 
-impl DebugInfo {
-    /// Nothing known (a program whose file could not be read).
-    pub fn empty() -> DebugInfo {
-        DebugInfo {
+impl Module {
+    fn empty() -> Module {
+        Module {
             bias: 0,
+            lo: 0,
+            hi: 0,
             symbols: Vec::new(),
             by_name: BTreeMap::new(),
             lines: None,
@@ -71,14 +76,33 @@ impl DebugInfo {
         }
     }
 
-    /// Reads `elf` (the program's file) loaded with its entry point at `entry` in the guest.
-    pub fn load(elf: &[u8], entry: u64) -> DebugInfo {
+    /// Reads an ELF object loaded `bias` bytes above its link-time addresses.
+    fn load(elf: &[u8], bias: impl FnOnce(&object::File) -> u64) -> Module {
         let Ok(file) = object::File::parse(elf) else {
-            return DebugInfo::empty();
+            return Module::empty();
         };
-        let bias = entry.wrapping_sub(file.entry());
+        let bias = bias(&file);
+        let segs: Vec<(u64, u64)> = file
+            .segments()
+            .map(|s| (s.address(), s.address().saturating_add(s.size())))
+            .filter(|s| s.1 > s.0)
+            .collect();
+        let lo = segs
+            .iter()
+            .map(|s| s.0)
+            .min()
+            .unwrap_or(0)
+            .wrapping_add(bias);
+        let hi = segs
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(0)
+            .wrapping_add(bias);
+        // The symbol table, and the dynamic one (all a stripped library keeps).
         let all: Vec<(object::SymbolKind, u64, u64, String)> = file
             .symbols()
+            .chain(file.dynamic_symbols())
             .filter(|s| s.address() != 0)
             .filter_map(|s| Some((s.kind(), s.address(), s.size(), s.name().ok()?.to_string())))
             .filter(|(_, _, _, n)| !n.is_empty())
@@ -93,7 +117,10 @@ impl DebugInfo {
             .filter(|s| s.0 == object::SymbolKind::Text)
             .map(|(_, a, z, n)| (a, z, n))
             .collect();
-        symbols.sort();
+        // Of aliases at one address keep the public name (fprintf, not _IO_fprintf).
+        symbols.sort_by(|a, b| {
+            (a.0, a.2.starts_with('_'), &a.2).cmp(&(b.0, b.2.starts_with('_'), &b.2))
+        });
         symbols.dedup_by_key(|s| s.0);
         let dwarf =
             gimli::Dwarf::load(|id| -> Result<R, gimli::Error> { Ok(section(&file, id.name())) });
@@ -112,8 +139,10 @@ impl DebugInfo {
             }
             (gimli::EhFrame::from(section(&file, ".eh_frame")), bases)
         });
-        DebugInfo {
+        Module {
             bias,
+            lo,
+            hi,
             symbols,
             by_name,
             lines,
@@ -122,12 +151,12 @@ impl DebugInfo {
         }
     }
 
-    pub fn has_lines(&self) -> bool {
-        self.lines.is_some()
+    fn contains(&self, addr: u64) -> bool {
+        (self.lo..self.hi).contains(&addr)
     }
 
     /// `name+off` for a guest address inside a known function.
-    pub fn symbolize(&self, addr: u64) -> Option<String> {
+    fn symbolize(&self, addr: u64) -> Option<String> {
         let a = addr.wrapping_sub(self.bias);
         let i = self.symbols.partition_point(|s| s.0 <= a).checked_sub(1)?;
         let (start, size, name) = &self.symbols[i];
@@ -143,7 +172,7 @@ impl DebugInfo {
     }
 
     /// Start of the known function containing a guest address.
-    pub fn function_start(&self, addr: u64) -> Option<u64> {
+    fn function_start(&self, addr: u64) -> Option<u64> {
         let a = addr.wrapping_sub(self.bias);
         let i = self.symbols.partition_point(|s| s.0 <= a).checked_sub(1)?;
         let (start, size, _) = &self.symbols[i];
@@ -151,12 +180,12 @@ impl DebugInfo {
     }
 
     /// The guest address of a function or global variable.
-    pub fn lookup(&self, name: &str) -> Option<u64> {
+    fn lookup(&self, name: &str) -> Option<u64> {
         self.by_name.get(name).map(|a| a.wrapping_add(self.bias))
     }
 
     /// Where a guest address comes from in the source.
-    pub fn source(&self, addr: u64) -> Option<SourcePos> {
+    fn source(&self, addr: u64) -> Option<SourcePos> {
         let ctx = self
             .lines
             .as_ref()?
@@ -211,6 +240,93 @@ impl DebugInfo {
                 _ => Some(at(gimli::X86_64::RA).unwrap_or(-8)),
             },
         })
+    }
+}
+
+/// What is known about the code in the guest: the program and each shared library mapped so
+/// far (the front end adds libraries as the dynamic loader maps them).
+pub struct DebugInfo {
+    /// The program first.
+    modules: Vec<Arc<Module>>,
+    /// Paths of the libraries loaded (or found unreadable).
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl DebugInfo {
+    /// Nothing known (a program whose file could not be read).
+    pub fn empty() -> DebugInfo {
+        DebugInfo {
+            modules: vec![Arc::new(Module::empty())],
+            seen: Default::default(),
+        }
+    }
+
+    /// Reads `elf` (the program's file) loaded with its entry point at `entry` in the guest.
+    pub fn load(elf: &[u8], entry: u64) -> DebugInfo {
+        DebugInfo {
+            modules: vec![Arc::new(Module::load(elf, |f| {
+                entry.wrapping_sub(f.entry())
+            }))],
+            seen: Default::default(),
+        }
+    }
+
+    /// Whether `path` (a mapped file) has been considered as a library already.
+    pub fn knows(&self, path: &str) -> bool {
+        self.seen.contains(path)
+    }
+
+    /// A copy that also knows the library `elf`, mapped with its first page at `base`.
+    pub fn with_library(&self, path: &str, elf: Option<&[u8]>, base: u64) -> DebugInfo {
+        let mut modules = self.modules.clone();
+        if let Some(elf) = elf {
+            let m = Module::load(elf, |f| {
+                let lo = f.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
+                base.wrapping_sub(lo)
+            });
+            if m.hi > m.lo {
+                modules.push(Arc::new(m));
+            }
+        }
+        let mut seen = self.seen.clone();
+        seen.insert(path.to_string());
+        DebugInfo { modules, seen }
+    }
+
+    /// The module whose code covers `addr` (the program when none does).
+    fn module(&self, addr: u64) -> &Module {
+        self.modules
+            .iter()
+            .find(|m| m.contains(addr))
+            .unwrap_or(&self.modules[0])
+    }
+
+    pub fn has_lines(&self) -> bool {
+        self.modules[0].lines.is_some()
+    }
+
+    /// `name+off` for a guest address inside a known function.
+    pub fn symbolize(&self, addr: u64) -> Option<String> {
+        self.module(addr).symbolize(addr)
+    }
+
+    /// Start of the known function containing a guest address.
+    pub fn function_start(&self, addr: u64) -> Option<u64> {
+        self.module(addr).function_start(addr)
+    }
+
+    /// The guest address of a function or global variable (the program's first).
+    pub fn lookup(&self, name: &str) -> Option<u64> {
+        self.modules.iter().find_map(|m| m.lookup(name))
+    }
+
+    /// Where a guest address comes from in the source.
+    pub fn source(&self, addr: u64) -> Option<SourcePos> {
+        self.module(addr).source(addr)
+    }
+
+    fn rule(&self, pc: u64) -> Option<Rule> {
+        self.module(pc).rule(pc)
     }
 
     /// The CFA of the frame executing at `pc` with these rsp and rbp (CFI only).

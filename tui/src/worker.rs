@@ -172,7 +172,35 @@ impl State {
         }
     }
 
+    /// Adds the shared libraries the dynamic loader has mapped so far to the debug info, so
+    /// that their code gets symbols, lines and CFI unwinding.
+    fn learn_libraries(&mut self) {
+        let m = self.tl.machine();
+        let exe = m.kernel.exe.clone();
+        let mut base: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut code: BTreeSet<String> = BTreeSet::new();
+        for (start, v) in &m.mem.vmas {
+            if !v.name.starts_with('/') || v.name == exe || self.di.knows(&v.name) {
+                continue;
+            }
+            let b = base.entry(v.name.clone()).or_insert(*start);
+            *b = (*b).min(*start);
+            if v.prot & fx86_engine::mem::PROT_EXEC != 0 {
+                code.insert(v.name.clone());
+            }
+        }
+        for path in code {
+            let bytes = self.tl.machine().peek_file(&path);
+            self.di = Arc::new(self.di.with_library(
+                &path,
+                bytes.as_deref().map(|b| b.as_slice()),
+                base[&path],
+            ));
+        }
+    }
+
     fn view(&mut self, prev: Option<&View>, status: String) -> View {
+        self.learn_libraries();
         // A memory pane following a register moves with it.
         if let Some((_, expr)) = &self.mem {
             let expr = expr.clone();

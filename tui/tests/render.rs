@@ -380,3 +380,34 @@ fn continue_stops_at_handled_signals_both_ways() {
     let s = screen(&app);
     assert!(s.contains("SIGSEGV"), "{s}");
 }
+
+#[test]
+fn a_dynamic_program_gets_library_symbols_and_unwinding() {
+    // gcc's default: a dynamically linked PIE.
+    let bin = build("demo-guests/overflow.c", &["-O1"]);
+    let (w, mut app) = start(&bin, &["7"]);
+    let v = keys(&w, &mut app, &typed('b', "main"));
+    assert_eq!(v.breakpoints.len(), 1, "{}", v.status);
+    let v = keys(&w, &mut app, &[key('c')]);
+    assert!(v.status.contains("breakpoint"), "{}", v.status);
+    // By main, the loader has mapped libc: its functions are known by name.
+    let v = keys(&w, &mut app, &typed('b', "fprintf"));
+    assert_eq!(v.breakpoints.len(), 2, "{} {:x?}", v.status, v.breakpoints);
+    let v = keys(&w, &mut app, &[key('c')]);
+    assert!(v.status.contains("fprintf"), "{}", v.status);
+    assert!(v.backtrace[0].ends_with("in fprintf"), "{:?}", v.backtrace);
+    assert!(
+        v.disasm.iter().any(|l| l.text.contains("printf")
+            || l.symbol.as_deref().is_some_and(|s| s.contains("printf"))),
+        "{:?}",
+        v.disasm
+    );
+    // The backtrace unwinds libc's frame with its CFI back into the program.
+    assert!(
+        v.backtrace.iter().any(|b| b.contains("in main+")),
+        "{:?}",
+        v.backtrace
+    );
+    let s = screen(&app);
+    assert!(s.contains("printf"), "{s}");
+}
