@@ -139,11 +139,32 @@ pub fn guest_config(
     prog: &[String],
     seed: u64,
 ) -> std::result::Result<(Vec<u8>, Config), (i32, String)> {
+    script_config(prog, seed, 0)
+}
+
+/// `guest_config` for a program that may be a `#!` script `depth` levels down.
+fn script_config(
+    prog: &[String],
+    seed: u64,
+    depth: u32,
+) -> std::result::Result<(Vec<u8>, Config), (i32, String)> {
     let name = &prog[0];
     let Some(path) = find_program(name) else {
         return Err((127, format!("{name}: command not found")));
     };
     let bytes = std::fs::read(&path).map_err(|e| (126, format!("{}: {e}", path.display())))?;
+    if let Some((interp, arg)) = shebang(&bytes) {
+        // A script: as the kernel does, run its interpreter with the script's path.
+        let mut argv = vec![interp.clone()];
+        argv.extend(arg);
+        argv.push(path.to_string_lossy().into_owned());
+        argv.extend(prog[1..].iter().cloned());
+        // Scripts may name scripts as their interpreter, up to 4 levels as in Linux.
+        if interp.starts_with('/') && depth < 4 {
+            return script_config(&argv, seed, depth + 1);
+        }
+        return Err((126, format!("{}: bad interpreter {interp}", path.display())));
+    }
     let abs = std::fs::canonicalize(&path).unwrap_or(path.clone());
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     use std::os::unix::ffi::OsStrExt;
@@ -164,6 +185,19 @@ pub fn guest_config(
         tty: unsafe { libc::isatty(1) } == 1,
     };
     Ok((bytes, config))
+}
+
+/// The interpreter and optional argument of a `#!` script.
+fn shebang(bytes: &[u8]) -> Option<(String, Option<String>)> {
+    let rest = bytes.strip_prefix(b"#!")?;
+    let line = rest.split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim();
+    let (interp, arg) = match line.split_once([' ', '\t']) {
+        Some((i, a)) => (i, Some(a.trim().to_string()).filter(|a| !a.is_empty())),
+        None => (line, None),
+    };
+    Some((interp.to_string(), arg))
 }
 
 /// Parses a size such as `4096`, `512K`, `64M` or `2G`.

@@ -143,8 +143,28 @@ fn python_and_perl_match_native_runs() {
 }
 
 #[test]
+fn scripts_run_with_their_interpreter() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("scripts");
+    let script = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).expect("script");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    script(
+        "args.py",
+        "#!/usr/bin/python3 -S\nimport sys\nprint('args', sys.argv)\n",
+    );
+    script("hello.sh", "#!/bin/sh\nx=6; echo \"sh: $1 $((x * 7))\"\n");
+    script("nested", &format!("#!{}\n", dir.join("hello.sh").display()));
+    same_as_native(&dir, &["./args.py", "one", "two words"]);
+    same_as_native(&dir, &["./hello.sh", "hi"]);
+    same_as_native(&dir, &["./nested", "x"]);
+}
+
+#[test]
 fn a_plain_gcc_program_matches_native() {
-    for g in ["floats.c", "intops.c", "strings.c", "mmx.c"] {
+    for g in ["floats.c", "intops.c", "strings.c", "mmx.c", "sysmisc.c"] {
         let bin = build_dynamic(&guest_src(g), "-O2");
         assert_same_as_native(&bin, &[], b"");
     }

@@ -34,6 +34,8 @@ pub enum OfdKind {
     Random,
     PipeRead(u64),
     PipeWrite(u64),
+    /// An eventfd: its counter is kept in `buffer` (8 bytes); `true` for EFD_SEMAPHORE.
+    Event(bool),
 }
 
 /// An open file description (shared by dup'ed fds).
@@ -55,6 +57,19 @@ impl Ofd {
             buffer: Vec::new(),
         }
     }
+}
+
+const POLLIN: u16 = 0x1;
+const POLLOUT: u16 = 0x4;
+const POLLERR: u16 = 0x8;
+const POLLHUP: u16 = 0x10;
+const POLLNVAL: u16 = 0x20;
+
+fn event_count(o: &Ofd) -> u64 {
+    o.buffer
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(0)
 }
 
 /// What stat reports.
@@ -314,6 +329,53 @@ impl Machine {
         }
     }
 
+    /// What `fd` is ready for now (poll bits), or None if it is not open.
+    fn readiness(&self, fd: i32) -> Option<u16> {
+        let &(id, _) = self.kernel.fds.get(&fd)?;
+        let o = self.kernel.ofds.get(&id)?;
+        Some(match &o.kind {
+            OfdKind::Stdin => POLLIN,
+            OfdKind::Stdout | OfdKind::Stderr => POLLOUT,
+            OfdKind::PipeRead(n) => {
+                let writer = self
+                    .kernel
+                    .ofds
+                    .values()
+                    .any(|w| w.kind == OfdKind::PipeWrite(*n));
+                (if o.buffer.is_empty() { 0 } else { POLLIN }) | if writer { 0 } else { POLLHUP }
+            }
+            OfdKind::PipeWrite(n) => {
+                match self
+                    .kernel
+                    .ofds
+                    .values()
+                    .find(|r| r.kind == OfdKind::PipeRead(*n))
+                {
+                    Some(r) if r.buffer.len() < 1 << 16 => POLLOUT,
+                    Some(_) => 0,
+                    None => POLLERR,
+                }
+            }
+            OfdKind::Event(_) => {
+                let v = event_count(o);
+                (if v > 0 { POLLIN } else { 0 }) | if v < u64::MAX - 1 { POLLOUT } else { 0 }
+            }
+            _ => POLLIN | POLLOUT,
+        })
+    }
+
+    /// A poll or select that found nothing ready: no other thread or process can change
+    /// that, so it times out at once on the virtual clock, or warns that it would wait forever.
+    fn wait_nothing(&mut self, timeout_ns: Option<u64>) {
+        match timeout_ns {
+            Some(ns) => self.kernel.slept_ns = self.kernel.slept_ns.saturating_add(ns),
+            None => self.warn_once(
+                "the guest waits (poll/select) for fds nothing can make ready; it times out at once"
+                    .into(),
+            ),
+        }
+    }
+
     /// A file as the guest would see it at `path` (symlinks followed), without changing guest
     /// state: a file not yet in the data tree is read from the host but not imported. For
     /// debuggers that read the program and its libraries (gdb's `vFile`).
@@ -409,6 +471,14 @@ impl Machine {
                 size: 0,
                 ino: 0x1000 + n,
                 rdev: u64::MAX,
+            },
+            // anon_inode:[eventfd]
+            OfdKind::Event(_) => Meta {
+                kind: FileKind::File,
+                mode: 0o600,
+                size: 0,
+                ino: 0x2000 + id,
+                rdev: 0,
             },
         })
     }
@@ -595,6 +665,21 @@ impl Machine {
                 let k = n.min(o.buffer.len());
                 return Ok(o.buffer.drain(..k).collect());
             }
+            OfdKind::Event(sem) => {
+                if n < 8 {
+                    return Err(EINVAL);
+                }
+                let sem = *sem;
+                let o = self.kernel.ofds.get_mut(&id).ok_or(EBADF)?;
+                let v = event_count(o);
+                if v == 0 {
+                    // Nobody else can ever add to it: waiting would be forever.
+                    return Err(EAGAIN);
+                }
+                let (got, left) = if sem { (1, v - 1) } else { (v, 0) };
+                o.buffer = left.to_le_bytes().to_vec();
+                return Ok(got.to_le_bytes().to_vec());
+            }
             OfdKind::File(p) => {
                 let data = self.file_data(p).unwrap_or_default();
                 let off = at.unwrap_or(o.offset) as usize;
@@ -619,7 +704,7 @@ impl Machine {
         if o.flags & O_ACCMODE == 0
             && !matches!(
                 o.kind,
-                OfdKind::Stdout | OfdKind::Stderr | OfdKind::PipeWrite(_)
+                OfdKind::Stdout | OfdKind::Stderr | OfdKind::PipeWrite(_) | OfdKind::Event(_)
             )
         {
             return Err(EBADF);
@@ -631,6 +716,19 @@ impl Machine {
             OfdKind::Null | OfdKind::Zero | OfdKind::Random => {}
             OfdKind::Dir(..) => return Err(EISDIR),
             OfdKind::PipeRead(_) => return Err(EBADF),
+            OfdKind::Event(_) => {
+                if data.len() < 8 {
+                    return Err(EINVAL);
+                }
+                let add = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+                let o = self.kernel.ofds.get_mut(&id).ok_or(EBADF)?;
+                let v = event_count(o);
+                if add == u64::MAX || v.checked_add(add).is_none_or(|t| t == u64::MAX) {
+                    return Err(if add == u64::MAX { EINVAL } else { EAGAIN });
+                }
+                o.buffer = (v + add).to_le_bytes().to_vec();
+                return Ok(8);
+            }
             OfdKind::PipeWrite(n) => {
                 let n = *n;
                 let reader = self
@@ -910,7 +1008,8 @@ impl Machine {
                 0
             }
             7 | 271 => {
-                // poll/ppoll: every fd of a single process is ready for what it can do.
+                // poll/ppoll: readiness from the fds' state; nothing can change it while the
+                // one thread waits, so a wait ends at once (the virtual clock moves on).
                 let n = a[1].min(1024);
                 let mut ready = 0;
                 for k in 0..n {
@@ -919,36 +1018,95 @@ impl Machine {
                     let ev = self.mem.read_u16(p + 4)?;
                     let revents = if fd < 0 {
                         0
-                    } else if !self.kernel.fds.contains_key(&fd) {
-                        0x20 // POLLNVAL
                     } else {
-                        ev & 0x5 // POLLIN | POLLOUT
+                        match self.readiness(fd) {
+                            None => POLLNVAL,
+                            Some(r) => r & (ev | POLLHUP | POLLERR),
+                        }
                     };
                     self.mem.write_u16(p + 6, revents)?;
                     if revents != 0 {
                         ready += 1;
                     }
                 }
+                if ready == 0 {
+                    let timeout = if nr == 7 {
+                        (a[2] as i32 >= 0).then(|| a[2] as i32 as u64 * 1_000_000)
+                    } else if a[2] == 0 {
+                        None
+                    } else {
+                        let s = self.mem.read_u64(a[2])?;
+                        let ns = self.mem.read_u64(a[2] + 8)?;
+                        Some(s.saturating_mul(1_000_000_000).saturating_add(ns))
+                    };
+                    self.wait_nothing(timeout);
+                }
                 ready
             }
             23 | 270 => {
-                // select: everything asked for is ready.
+                // select/pselect6: the same readiness, as bit sets.
                 let nfds = a[0].min(1024);
+                let words = nfds.div_ceil(64);
                 let mut count = 0;
-                for set in [a[1], a[2]] {
-                    if set != 0 {
-                        for w in 0..nfds.div_ceil(64) {
-                            let v = self.mem.read_u64(set + 8 * w)?;
-                            count += v.count_ones() as i64;
+                let mut sets = [vec![0u64; words as usize], vec![0u64; words as usize]];
+                for (j, &addr) in [a[1], a[2]].iter().enumerate() {
+                    if addr == 0 {
+                        continue;
+                    }
+                    for w in 0..words {
+                        let v = self.mem.read_u64(addr + 8 * w)?;
+                        for bit in 0..64 {
+                            let fd = (w * 64 + bit) as i32;
+                            if v >> bit & 1 == 0 || fd as u64 >= nfds {
+                                continue;
+                            }
+                            let Some(r) = self.readiness(fd) else {
+                                return Ok(-EBADF);
+                            };
+                            let want = if j == 0 {
+                                POLLIN | POLLHUP
+                            } else {
+                                POLLOUT | POLLERR
+                            };
+                            if r & want != 0 {
+                                sets[j][w as usize] |= 1 << bit;
+                                count += 1;
+                            }
                         }
                     }
                 }
-                if a[3] != 0 {
-                    for w in 0..nfds.div_ceil(64) {
-                        self.mem.write_u64(a[3] + 8 * w, 0)?;
+                for (j, &addr) in [a[1], a[2], a[3]].iter().enumerate() {
+                    if addr != 0 {
+                        for w in 0..words {
+                            let v = if j < 2 { sets[j][w as usize] } else { 0 };
+                            self.mem.write_u64(addr + 8 * w, v)?;
+                        }
                     }
                 }
+                if count == 0 {
+                    let timeout = if a[4] == 0 {
+                        None
+                    } else {
+                        let s = self.mem.read_u64(a[4])?;
+                        let frac = self.mem.read_u64(a[4] + 8)?;
+                        // select's timeval counts microseconds, pselect6's timespec nanoseconds.
+                        let unit = if nr == 23 { 1000 } else { 1 };
+                        Some(s.saturating_mul(1_000_000_000).saturating_add(frac * unit))
+                    };
+                    self.wait_nothing(timeout);
+                }
                 count
+            }
+            284 | 290 => {
+                // eventfd / eventfd2(initval, flags)
+                let flags = if nr == 290 { a[1] as i32 } else { 0 };
+                if flags & !(1 | O_CLOEXEC | 0o4000) != 0 {
+                    return Ok(-EINVAL);
+                }
+                let mut o = Ofd::new(OfdKind::Event(flags & 1 != 0), (flags & 0o4000) | 2);
+                o.buffer = (a[0] & 0xffff_ffff).to_le_bytes().to_vec();
+                let id = self.kernel.new_ofd(o);
+                self.kernel.install_fd(0, id, flags & O_CLOEXEC != 0)
             }
             32 => {
                 let id = tryp!(self.ofd_of(a[0]).ok_or(EBADF));

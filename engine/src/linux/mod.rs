@@ -333,10 +333,13 @@ impl Machine {
             | 270
             | 40
             | 326
-            | 188..=199 => return self.sys_fs(nr),
+            | 188..=199
+            | 284
+            | 290 => return self.sys_fs(nr),
             9 | 10 | 11 | 12 | 25 | 26 | 27 | 28 => return self.sys_mm(nr),
             13 | 14 | 15 | 62 | 131 | 200 | 234 | 127 | 130 => return self.sys_signal(nr),
-            24 => 0, // sched_yield
+            24 => 0,        // sched_yield
+            51 | 52 => -88, // getsockname / getpeername: no fd is a socket (ENOTSOCK)
             41 | 53 => {
                 // socket / socketpair: a guest has no network and no other process to talk to.
                 if a0 != 1 {
