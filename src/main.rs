@@ -160,7 +160,7 @@ fn script_config(
         argv.push(path.to_string_lossy().into_owned());
         argv.extend(prog[1..].iter().cloned());
         // Scripts may name scripts as their interpreter, up to 4 levels as in Linux.
-        if interp.starts_with('/') && depth < 4 {
+        if interp.starts_with('/') && depth < 4 && Path::new(&interp).is_file() {
             return script_config(&argv, seed, depth + 1);
         }
         return Err((126, format!("{}: bad interpreter {interp}", path.display())));

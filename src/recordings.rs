@@ -239,17 +239,45 @@ pub fn replay(file: &Path, gdb: Option<&str>, tui: bool) -> i32 {
     } else {
         rec.end.icount.saturating_add(1)
     };
+    // The checkpoints are checked on the way: a replay never silently goes somewhere else.
+    let mut checkpoints = rec.checkpoints.iter().peekable();
     let stop = loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
             eprintln!("fx86 replay: interrupted at icount {}", m.icount);
             return 130;
         }
-        match m.run(limit.min(m.icount.saturating_add(1 << 24))) {
+        while checkpoints.peek().is_some_and(|c| c.0 < m.icount) {
+            checkpoints.next();
+        }
+        if let Some(&&(at, want)) = checkpoints.peek() {
+            if at == m.icount {
+                checkpoints.next();
+                if *m.state_hash().as_bytes() != want {
+                    eprintln!(
+                        "fx86 replay: diverged from the recording at icount {at} (the state hash differs); stopping"
+                    );
+                    warn_missing(&missing);
+                    return 1;
+                }
+            }
+        }
+        let next = checkpoints.peek().map_or(limit, |c| c.0.min(limit));
+        match m.run(next.min(m.icount.saturating_add(1 << 24))) {
             StopReason::Limit if m.icount < limit => {}
             s => break s,
         }
     };
     warn_missing(&missing);
+    if m.icount == rec.end.icount && *m.state_hash().as_bytes() != rec.end.hash {
+        if !matches!(stop, StopReason::Limit) {
+            crate::report(&stop, m.icount);
+        }
+        eprintln!(
+            "fx86 replay: diverged from the recording at icount {}: the final state differs",
+            m.icount
+        );
+        return 1;
+    }
     match stop {
         StopReason::Limit if interrupted => {
             eprintln!(

@@ -182,10 +182,24 @@ fn bad_programs_get_shell_statuses() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let txt = dir.join("not-elf.txt");
-    std::fs::write(&txt, b"#!/bin/sh\necho hi\n").expect("write");
+    std::fs::write(&txt, b"just some text\n").expect("write");
     let o = fx86().args(["run", "--"]).arg(&txt).output().expect("run");
     assert_eq!(status_code(&o), 126);
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    // A script whose interpreter does not exist.
+    let script = dir.join("bad-interp.sh");
+    std::fs::write(&script, b"#!/no/such/interpreter -x\necho hi\n").expect("write");
+    let o = fx86()
+        .args(["run", "--"])
+        .arg(&script)
+        .output()
+        .expect("run");
+    assert_eq!(status_code(&o), 126);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad interpreter /no/such/interpreter"),
+        "{err}"
+    );
     // A truncated copy of a real executable: a one-line error, never a panic.
     let bin = build(&guest_src("intops.c"), "gcc", "-O2");
     let bytes = std::fs::read(&bin).expect("read");

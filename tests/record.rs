@@ -323,6 +323,16 @@ fn verify_names_where_a_replay_diverges() {
         out.contains(&format!("DIVERGES at icount {first_after}")),
         "read at {read_at}: {out}"
     );
+    // A plain replay checks the checkpoints too, and says so rather than carrying on.
+    let o = fx86_in(&dir, &["replay", "changed.fxr"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "diverged from the recording at icount {first_after}"
+        )),
+        "{err}"
+    );
 }
 
 fn free_port() -> u16 {
