@@ -363,24 +363,25 @@ pub fn info(file: &Path) -> i32 {
     let program = rec.blobs.get(&m.program).map(|b| b.len()).unwrap_or(0);
     let stdin: usize = rec.stdin.iter().map(|(_, d)| d.len()).sum();
     let file_bytes: usize = rec.blobs.values().map(|b| b.len()).sum::<usize>() - program;
-    println!("recording    {} ({size} bytes)", file.display());
+    println!("recording    {}", file.display());
+    println!("size         {size} bytes");
     println!("program      {} ({program} bytes)", m.exe);
     println!("args         {}", args(&rec));
     println!("cwd          {}", m.cwd);
     println!("env          {} variables", m.env.len());
     println!("seed         {}", m.seed);
     println!("recorded by  {}", m.recorder);
-    println!("icount       {}", rec.end.icount);
+    println!("icount       {} (total instructions)", rec.end.icount);
     println!("exit status  {} ({})", rec.end.status, rec.end.reason);
     println!("files        {} ({file_bytes} bytes)", files(&rec));
     println!("host answers {}", rec.answers.len());
     println!("stdin        {stdin} bytes in {} reads", rec.stdin.len());
     println!(
-        "checkpoints  {} every {} instructions",
+        "checkpoints  {} every {} instructions (checkpoint interval)",
         rec.checkpoints.len(),
         rec.checkpoint_interval
     );
-    println!("snapshots    0");
+    println!("snapshots    0 (replays re-execute from the start)");
     println!("final state  {}", hex(&rec.end.hash));
     0
 }
