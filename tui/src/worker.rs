@@ -159,6 +159,9 @@ struct State {
     mem: Option<(u64, String)>,
     hits: Vec<u64>,
     stop: Arc<AtomicBool>,
+    /// Breakpoints on names no loaded object defines yet (a library function before the
+    /// loader has mapped its library), as gdb's pending breakpoints.
+    pending: Vec<String>,
 }
 
 impl State {
@@ -196,6 +199,52 @@ impl State {
                 bytes.as_deref().map(|b| b.as_slice()),
                 base[&path],
             ));
+        }
+    }
+
+    /// Sets the pending breakpoints whose names are now known; true if any was set.
+    fn resolve_pending(&mut self) -> bool {
+        let before = self.pending.len();
+        let di = self.di.clone();
+        let bps = &mut self.bps;
+        self.pending.retain(|name| match di.lookup(name) {
+            Some(a) => {
+                bps.insert(a);
+                false
+            }
+            None => true,
+        });
+        self.pending.len() != before
+    }
+
+    /// `c` with pending breakpoints: stops inside the dynamic loader each time it changes the
+    /// library list (at `_dl_debug_state`, as gdb does), learns the new libraries and sets
+    /// the pending breakpoints they define, then goes on.
+    fn cont_resolving_pending(&mut self) -> Stop {
+        loop {
+            self.learn_libraries();
+            self.resolve_pending();
+            let hook = (!self.pending.is_empty())
+                .then(|| self.di.lookup("_dl_debug_state"))
+                .flatten()
+                .filter(|a| !self.bps.contains(a));
+            let Some(hook) = hook else {
+                self.tl.set_breakpoints(self.bps.iter().copied());
+                return self.nav().cont();
+            };
+            let mut all = self.bps.clone();
+            all.insert(hook);
+            self.tl.set_breakpoints(all.iter().copied());
+            let stop = {
+                let mut nav = self.nav();
+                nav.bps = &all;
+                nav.cont()
+            };
+            self.tl.set_breakpoints(self.bps.iter().copied());
+            match stop {
+                Stop::Forward(StopReason::Breakpoint(a)) if a == hook => continue,
+                other => return other,
+            }
         }
     }
 
@@ -242,7 +291,7 @@ impl State {
             Cmd::ReverseNext => self.nav().reverse_next(),
             Cmd::Finish => self.nav().finish(),
             Cmd::ReverseFinish => self.nav().reverse_finish(),
-            Cmd::Continue => self.nav().cont(),
+            Cmd::Continue => self.cont_resolving_pending(),
             Cmd::ReverseContinue => self.nav().reverse_cont(),
             Cmd::Goto(n) => {
                 self.tl.goto(n);
@@ -261,7 +310,24 @@ impl State {
                 } else {
                     eval(&e, &mut self.tl, &self.di)
                 };
+                let name = e.trim().to_string();
+                let symbol_like = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                    && !name.starts_with(|c: char| c.is_ascii_digit());
                 match a {
+                    Err(_) if symbol_like => {
+                        if let Some(k) = self.pending.iter().position(|p| *p == name) {
+                            self.pending.remove(k);
+                            Stop::Done(format!("pending breakpoint on {name} removed"))
+                        } else {
+                            self.pending.push(name.clone());
+                            Stop::Done(format!(
+                                "breakpoint on {name} pending: set when a library defining it is loaded"
+                            ))
+                        }
+                    }
                     Err(msg) => Stop::Done(msg),
                     Ok(a) => {
                         let added = self.bps.insert(a);
@@ -338,6 +404,7 @@ impl Worker {
             watches: Vec::new(),
             mem: Some((0, "rsp".into())),
             hits: Vec::new(),
+            pending: Vec::new(),
             stop: stop.clone(),
         };
         std::thread::spawn(move || {

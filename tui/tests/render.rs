@@ -411,3 +411,20 @@ fn a_dynamic_program_gets_library_symbols_and_unwinding() {
     let s = screen(&app);
     assert!(s.contains("printf"), "{s}");
 }
+
+#[test]
+fn a_breakpoint_on_a_library_function_waits_for_its_library() {
+    let bin = build("demo-guests/overflow.c", &["-O1"]);
+    let (w, mut app) = start(&bin, &["7"]);
+    // At icount 0 only the program and the loader are mapped: libc's fprintf is not known yet.
+    let v = keys(&w, &mut app, &typed('b', "fprintf"));
+    assert!(v.status.contains("pending"), "{}", v.status);
+    let v = keys(&w, &mut app, &[key('c')]);
+    assert!(v.status.contains("fprintf"), "{}", v.status);
+    assert!(v.backtrace[0].ends_with("in fprintf"), "{:?}", v.backtrace);
+    // The loader's stops on the way are not user stops: the first fprintf call is reached.
+    assert!(v.output.is_empty(), "{}", v.output);
+    let v2 = keys(&w, &mut app, &[key('c')]);
+    assert!(v2.status.contains("fprintf"), "{}", v2.status);
+    assert!(v2.icount > v.icount);
+}
