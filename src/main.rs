@@ -83,6 +83,10 @@ enum Cmd {
         /// Seed for the guest's randomness.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Testing aid: make fx86 fail (panic) at the first syscall at or after icount N, to
+        /// check that the recording made so far is still written.
+        #[arg(long, value_name = "N", hide = true)]
+        inject_failure_at: Option<u64>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
@@ -602,8 +606,9 @@ fn main() -> Result<()> {
             output,
             checkpoint_interval,
             seed,
+            inject_failure_at,
             prog,
-        } => recordings::record(&output, checkpoint_interval, seed, &prog),
+        } => recordings::record(&output, checkpoint_interval, seed, inject_failure_at, &prog),
         Cmd::Replay { file, gdb, tui } => recordings::replay(&file, gdb.as_deref(), tui),
         Cmd::Verify { file } => recordings::verify(&file),
         Cmd::Info { file } => recordings::info(&file),

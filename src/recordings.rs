@@ -2,7 +2,7 @@
 //! line. The engine's `record` module does the work; this wires it to files, signals and the
 //! terminal.
 
-use fx86_engine::host::StdHost;
+use fx86_engine::host::{Host, StdHost};
 use fx86_engine::record::{self, Ending, RecordingHost};
 use fx86_engine::{Machine, StopReason, Timeline};
 use fx86_snapshots::recording::{Answer, Recording};
@@ -41,7 +41,7 @@ fn hex(h: &[u8; 32]) -> String {
 }
 
 /// `fx86 record -o FILE -- PROG ARGS`: runs like `fx86 run` and writes the recording.
-pub fn record(out: &Path, interval: u64, seed: u64, prog: &[String]) -> i32 {
+pub fn record(out: &Path, interval: u64, seed: u64, fail_at: Option<u64>, prog: &[String]) -> i32 {
     // Find out now, not after a long run, that the recording cannot be written.
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -59,7 +59,14 @@ pub fn record(out: &Path, interval: u64, seed: u64, prog: &[String]) -> i32 {
         }
     };
     let rec = Arc::new(Mutex::new(record::start_recording(&bytes, &config)));
-    let host = RecordingHost::new(Box::new(StdHost::default()), rec.clone());
+    let real: Box<dyn Host> = match fail_at {
+        None => Box::new(StdHost::default()),
+        Some(at) => Box::new(FailingHost {
+            inner: StdHost::default(),
+            at,
+        }),
+    };
+    let host = RecordingHost::new(real, rec.clone());
     let mut m = match Machine::new(&bytes, config, Box::new(host)) {
         Ok(m) => m,
         Err(e) => {
@@ -68,16 +75,38 @@ pub fn record(out: &Path, interval: u64, seed: u64, prog: &[String]) -> i32 {
         }
     };
     catch_interrupts();
-    let ending = record::record(&mut m, &rec, interval, &INTERRUPTED);
-    let code = match &ending {
-        Ending::Stopped(stop) => crate::report(stop, m.icount),
-        Ending::Interrupted => {
+    // Should the engine itself fail, what was recorded so far is still written (ending at the
+    // last checkpoint), never lost.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        record::record(&mut m, &rec, interval, &INTERRUPTED)
+    }));
+    let mut failed = None;
+    let code = match &run {
+        Ok(Ending::Stopped(stop)) => crate::report(stop, m.icount),
+        Ok(Ending::Interrupted) => {
             eprintln!("fx86 record: interrupted at icount {}", m.icount);
             130
         }
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "internal error".into());
+            eprintln!("fx86 record: fx86 failed at icount {}: {why}", m.icount);
+            failed = Some(why);
+            70
+        }
     };
     drop(m);
-    let rec = std::mem::take(&mut *rec.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut rec = std::mem::take(&mut *rec.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(why) = failed {
+        record::end_at_last_checkpoint(&mut rec, &why);
+        eprintln!(
+            "fx86 record: the recording ends at the last checkpoint, icount {}",
+            rec.end.icount
+        );
+    }
     match rec.write_atomically(out) {
         Ok(size) => {
             eprintln!(
@@ -97,6 +126,42 @@ pub fn record(out: &Path, interval: u64, seed: u64, prog: &[String]) -> i32 {
             } else {
                 code
             }
+        }
+    }
+}
+
+/// The real host, failing on purpose at a syscall at or after icount `at` (a testing aid for
+/// the recording's failure path).
+struct FailingHost {
+    inner: StdHost,
+    at: u64,
+}
+
+impl Host for FailingHost {
+    fn read_stdin(&mut self, max: usize) -> Vec<u8> {
+        self.inner.read_stdin(max)
+    }
+    fn write_output(&mut self, fd: i32, data: &[u8]) {
+        self.inner.write_output(fd, data)
+    }
+    fn diagnostic(&mut self, msg: &str) {
+        self.inner.diagnostic(msg)
+    }
+    fn lstat(&mut self, path: &str) -> Option<fx86_engine::host::HostStat> {
+        self.inner.lstat(path)
+    }
+    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
+        self.inner.read_file(path)
+    }
+    fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {
+        self.inner.read_link(path)
+    }
+    fn list_dir(&mut self, path: &str) -> Option<Vec<(String, fx86_snapshots::FileKind)>> {
+        self.inner.list_dir(path)
+    }
+    fn at_icount(&mut self, icount: u64) {
+        if icount >= self.at {
+            panic!("injected failure at icount {icount} (--inject-failure-at)");
         }
     }
 }

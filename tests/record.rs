@@ -407,3 +407,41 @@ fn gdb_on_a_replay_reaches_the_crash_and_goes_back() {
     assert!(out.contains("$1 = 8"), "{out}");
     assert!(!rest.contains("panicked"), "{rest}");
 }
+
+#[test]
+fn a_failure_of_fx86_still_leaves_a_recording_up_to_the_last_checkpoint() {
+    let dir = scratch("failure");
+    let data: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("{}\n", (i * 7919) % 3001).into_bytes())
+        .collect();
+    let mut rec = fx86();
+    rec.current_dir(&dir).args([
+        "record",
+        "-o",
+        "cut.fxr",
+        "--checkpoint-interval",
+        "100000",
+        "--inject-failure-at",
+        "1500000",
+        "--",
+        "/bin/busybox",
+        "sort",
+        "-n",
+    ]);
+    let o = run_with_input(rec, &data);
+    let err = text(&o.stderr);
+    assert_eq!(status_code(&o), 70, "{err}");
+    let at: u64 = err
+        .split("ends at the last checkpoint, icount ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(at >= 1_500_000 && at % 100_000 == 0, "{err}");
+    let info = text(&fx86_in(&dir, &["info", "cut.fxr"]).stdout);
+    assert!(info.contains("fx86 failed"), "{info}");
+    let v = fx86_in(&dir, &["verify", "cut.fxr"]);
+    assert!(v.status.success(), "{}", text(&v.stdout));
+    let r = fx86_in(&dir, &["replay", "cut.fxr"]);
+    assert_eq!(status_code(&r), 130, "{}", text(&r.stderr));
+}

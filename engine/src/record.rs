@@ -274,10 +274,10 @@ pub fn playback_machine(
 /// The end reason of a recording cut short by Ctrl-C (or SIGTERM/SIGHUP).
 pub const INTERRUPTED: &str = "interrupted (Ctrl-C)";
 
-/// Whether the recorded run was cut short rather than ending by itself: a replay stops at
-/// its last icount.
+/// Whether the recorded run was cut short rather than ending by itself (Ctrl-C, or a failure
+/// of fx86): a replay stops at its last icount.
 pub fn was_interrupted(rec: &Recording) -> bool {
-    rec.end.reason == INTERRUPTED
+    rec.end.reason.starts_with("interrupted")
 }
 
 /// How a recorded run ended.
@@ -293,7 +293,14 @@ pub enum Ending {
 /// and fills in the recording's checkpoints and end.
 pub fn record(m: &mut Machine, rec: &Mutex<Recording>, interval: u64, stop: &AtomicBool) -> Ending {
     let interval = interval.max(1);
-    let mut checkpoints = vec![(m.icount, *m.state_hash().as_bytes())];
+    // Checkpoints go into the recording as they are taken, so that a recording cut short by
+    // an fx86 failure can still end at the last one (see `end_at_last_checkpoint`).
+    let first = (m.icount, *m.state_hash().as_bytes());
+    {
+        let mut r = lock(rec);
+        r.checkpoint_interval = interval;
+        r.checkpoints = vec![first];
+    }
     let mut next = m.icount + interval;
     let ending = loop {
         if stop.load(Ordering::Relaxed) {
@@ -303,7 +310,8 @@ pub fn record(m: &mut Machine, rec: &Mutex<Recording>, interval: u64, stop: &Ato
         match m.run(limit) {
             StopReason::Limit => {
                 if m.icount == next {
-                    checkpoints.push((next, *m.state_hash().as_bytes()));
+                    let h = *m.state_hash().as_bytes();
+                    lock(rec).checkpoints.push((next, h));
                     next += interval;
                 }
             }
@@ -318,16 +326,27 @@ pub fn record(m: &mut Machine, rec: &Mutex<Recording>, interval: u64, stop: &Ato
         Ending::Stopped(s) => (s.exit_status(), format!("{s:?}")),
         Ending::Interrupted => (130, INTERRUPTED.to_string()),
     };
+    let hash = *m.state_hash().as_bytes();
     let mut r = lock(rec);
-    r.checkpoint_interval = interval;
-    r.checkpoints = checkpoints;
     r.end = End {
         icount: m.icount,
         status,
         reason,
-        hash: *m.state_hash().as_bytes(),
+        hash,
     };
     ending
+}
+
+/// Ends a recording whose run could not be finished (an internal failure of fx86) at its
+/// last checkpoint, as if interrupted there: everything up to that point replays exactly.
+pub fn end_at_last_checkpoint(rec: &mut Recording, why: &str) {
+    let (icount, hash) = rec.checkpoints.last().copied().unwrap_or((0, [0; 32]));
+    rec.end = End {
+        icount,
+        status: 130,
+        reason: format!("interrupted (fx86 failed: {why})"),
+        hash,
+    };
 }
 
 /// Where a replay went somewhere the recording did not.
