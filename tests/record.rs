@@ -437,7 +437,7 @@ fn a_failure_of_fx86_still_leaves_a_recording_up_to_the_last_checkpoint() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{err}"));
-    assert!(at >= 1_500_000 && at % 100_000 == 0, "{err}");
+    assert!(at >= 1_500_000 && at.is_multiple_of(100_000), "{err}");
     let info = text(&fx86_in(&dir, &["info", "cut.fxr"]).stdout);
     assert!(info.contains("fx86 failed"), "{info}");
     let v = fx86_in(&dir, &["verify", "cut.fxr"]);
