@@ -167,10 +167,15 @@ impl Cpu {
         self.lf_op = LazyOp::None;
     }
 
-    /// Replaces only the six arithmetic flags.
+    /// Replaces only the six arithmetic flags. (The other bits are kept in `rflags` as they
+    /// are, lazy or not, so the old arithmetic flags need not be worked out.)
     pub fn set_arith_flags(&mut self, v: u64) {
-        let f = self.rflags();
-        self.set_rflags((f & !fl::ARITH) | (v & fl::ARITH));
+        self.set_rflags((self.rflags & !fl::ARITH) | (v & fl::ARITH));
+    }
+
+    /// RFLAGS without its arithmetic flags (cheap: nothing lazy to work out).
+    pub fn non_arith_flags(&self) -> u64 {
+        (self.rflags & !fl::ARITH) | 2
     }
 
     fn arith_flags(&self) -> u64 {

@@ -84,6 +84,11 @@ struct BlockCache {
     fast: Vec<(u64, Option<Block>)>,
     blocks: AddrMap<Block>,
     by_page: AddrMap<Vec<u64>>,
+    /// The block being executed and its start (u64::MAX once stale). Kept here so that a loop
+    /// that re-enters the same block costs no lookup and no reference counting; it is only
+    /// replaced between blocks, never while one runs.
+    cur_start: u64,
+    cur: Option<Block>,
 }
 
 impl Default for BlockCache {
@@ -92,6 +97,8 @@ impl Default for BlockCache {
             fast: vec![(u64::MAX, None); FAST_SLOTS],
             blocks: AddrMap::default(),
             by_page: AddrMap::default(),
+            cur_start: u64::MAX,
+            cur: None,
         }
     }
 }
@@ -112,6 +119,7 @@ impl BlockCache {
         Some(b)
     }
     fn invalidate_page(&mut self, pn: u64) {
+        self.cur_start = u64::MAX;
         if let Some(starts) = self.by_page.remove(&pn) {
             for s in starts {
                 self.blocks.remove(&s);
@@ -123,6 +131,7 @@ impl BlockCache {
         }
     }
     fn clear(&mut self) {
+        self.cur_start = u64::MAX;
         self.blocks.clear();
         self.by_page.clear();
         self.fast.iter_mut().for_each(|e| *e = (u64::MAX, None));
@@ -470,18 +479,28 @@ impl Machine {
                 return StopReason::Limit;
             }
             let rip = self.cpu.rip;
-            let block = match self.blocks.get(rip) {
-                Some(b) => b,
-                None => match self.decode_block(rip) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        if let Some(stop) = self.raise(e) {
-                            return stop;
+            if self.blocks.cur_start != rip {
+                let b = match self.blocks.get(rip) {
+                    Some(b) => b,
+                    None => match self.decode_block(rip) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            if let Some(stop) = self.raise(e) {
+                                return stop;
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                },
+                    },
+                };
+                self.blocks.cur = Some(b);
+                self.blocks.cur_start = rip;
+            }
+            let Some(cur) = self.blocks.cur.as_ref() else {
+                continue;
             };
+            // SAFETY: `blocks.cur` keeps this block alive and is replaced only above, between
+            // blocks; invalidation while the block runs only marks it stale (`cur_start`).
+            let block: &[Op] = unsafe { &*Arc::as_ptr(cur) };
             for op in block.iter() {
                 let budget = limit - self.icount;
                 if budget == 0 {
@@ -514,7 +533,7 @@ impl Machine {
                     self.sync_code();
                     break;
                 }
-                if self.cpu.rip != op.ins.next_ip() {
+                if self.cpu.rip != op.next {
                     break;
                 }
             }

@@ -11,7 +11,7 @@ fn parity(v: u64) -> bool {
 }
 
 /// SF, ZF, PF of a result.
-fn szp(res: u64, bits: u32) -> u64 {
+pub(super) fn szp(res: u64, bits: u32) -> u64 {
     let r = res & mask(bits);
     let mut f = 0;
     if r == 0 {
@@ -405,7 +405,13 @@ impl Machine {
         }
         let mk = mask(bits);
         let msb = |v: u64| (v >> (bits - 1)) & 1 != 0;
-        let f0 = self.cpu.rflags();
+        // Only rotates keep (and rcl/rcr read) the old arithmetic flags.
+        let rotate = matches!(m, M::Rol | M::Ror | M::Rcl | M::Rcr);
+        let f0 = if rotate {
+            self.cpu.rflags()
+        } else {
+            self.cpu.non_arith_flags()
+        };
         let cf_in = f0 & fl::CF != 0;
         let (res, cf, of) = match m {
             M::Shl | M::Sal => {
@@ -479,7 +485,7 @@ impl Machine {
         };
         self.wr(i, 0, bits, res)?;
         let mut f = f0;
-        if matches!(m, M::Rol | M::Ror | M::Rcl | M::Rcr) {
+        if rotate {
             f &= !(fl::CF | fl::OF);
         } else {
             f &= !fl::ARITH;

@@ -97,6 +97,23 @@ pub(crate) fn mem_ref(i: &Instruction) -> MemRef {
     }
 }
 
+/// The shifts with a fast path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShiftOp {
+    Shl,
+    Shr,
+    Sar,
+}
+
+pub(crate) fn shift_op(m: M) -> Option<ShiftOp> {
+    Some(match m {
+        M::Shl | M::Sal => ShiftOp::Shl,
+        M::Shr => ShiftOp::Shr,
+        M::Sar => ShiftOp::Sar,
+        _ => return None,
+    })
+}
+
 pub(crate) fn alu_op(m: M) -> Option<AluOp> {
     Some(match m {
         M::Add => AluOp::Add,
@@ -198,6 +215,80 @@ impl Machine {
             self.wr_fast(a_o, m, bits, res)?;
         }
         self.cpu.set_lazy(lop, bits, a, b, res);
+        Ok(())
+    }
+
+    /// shl/shr/sar with pre-resolved operands; the same results and flags as the general
+    /// path in `alu.rs` (`shift`).
+    #[inline(always)]
+    pub(crate) fn shift_fast(&mut self, k: ShiftOp, op: &super::Op) -> R<()> {
+        use crate::cpu::fl;
+        let bits = op.bits as u32;
+        let a = self.rd_fast(op.a, &op.m, bits)?;
+        let raw = if op.b == Opnd::None {
+            1
+        } else {
+            self.rd_fast(op.b, &op.m, 8)?
+        };
+        let cnt = (raw & if bits == 64 { 63 } else { 31 }) as u32;
+        if cnt == 0 {
+            return self.wr_fast(op.a, &op.m, bits, a);
+        }
+        let mk = mask(bits);
+        let msb = |v: u64| (v >> (bits - 1)) & 1 != 0;
+        let (res, cf, of) = match k {
+            ShiftOp::Shl => {
+                let res = if cnt >= bits { 0 } else { (a << cnt) & mk };
+                let cf = cnt <= bits && (a >> (bits - cnt)) & 1 != 0;
+                (res, cf, msb(res) ^ cf)
+            }
+            ShiftOp::Shr => {
+                let res = if cnt >= bits { 0 } else { a >> cnt };
+                let cf = cnt <= bits && (a >> (cnt - 1)) & 1 != 0;
+                (res, cf, msb(a))
+            }
+            ShiftOp::Sar => {
+                let s = super::sext(a, bits) as i64;
+                let res = (s >> cnt.min(63)) as u64 & mk;
+                let cf = (s >> (cnt - 1).min(63)) & 1 != 0;
+                (res, cf, false)
+            }
+        };
+        self.wr_fast(op.a, &op.m, bits, res)?;
+        let mut f = self.cpu.non_arith_flags() | super::alu::szp(res, bits);
+        if cf {
+            f |= fl::CF;
+        }
+        if of {
+            f |= fl::OF;
+        }
+        self.cpu.set_rflags(f);
+        Ok(())
+    }
+
+    /// Two- and three-operand imul with pre-resolved operands (as `alu.rs` does it).
+    #[inline(always)]
+    pub(crate) fn imul_fast(&mut self, op: &super::Op) -> R<()> {
+        use super::sext;
+        use crate::cpu::fl;
+        let bits = op.bits as u32;
+        let (a, b) = if op.ins.op_count() == 3 {
+            (self.rd_fast(op.b, &op.m, bits)?, op.imm2)
+        } else {
+            (
+                self.rd_fast(op.a, &op.m, bits)?,
+                self.rd_fast(op.b, &op.m, bits)?,
+            )
+        };
+        let p = (sext(a, bits) as i64 as i128) * (sext(b, bits) as i64 as i128);
+        let res = (p as u64) & mask(bits);
+        let ovf = sext(res, bits) as i64 as i128 != p;
+        self.wr_fast(op.a, &op.m, bits, res)?;
+        let mut f = super::alu::szp(res, bits);
+        if ovf {
+            f |= fl::CF | fl::OF;
+        }
+        self.cpu.set_arith_flags(f);
         Ok(())
     }
 

@@ -58,6 +58,13 @@ pub(crate) enum Family {
     /// add/sub/cmp/and/test/or/xor with pre-resolved operands.
     Alu2(fast::AluOp),
     Lea,
+    /// shl/sal/shr/sar of a GPR or memory by an immediate, CL or 1.
+    Shift(fast::ShiftOp),
+    /// Two- and three-operand imul into a GPR.
+    Imul,
+    /// movzx / movsx / movsxd into a GPR (`bits2` = source size).
+    Movzx,
+    Movsx,
     /// 64-bit push/pop of a register, immediate or memory operand.
     Push,
     Pop,
@@ -85,6 +92,12 @@ pub(crate) struct Op {
     pub m: fast::MemRef,
     /// Condition code for Jcc (0..15).
     pub cc: u8,
+    /// Address of the next instruction (iced's `next_ip`, worked out once).
+    pub next: u64,
+    /// Size in bits of operand 1 (movzx/movsx sources).
+    pub bits2: u8,
+    /// Operand 2 when it is an immediate (three-operand imul).
+    pub imm2: u64,
 }
 
 impl Op {
@@ -134,8 +147,61 @@ impl Op {
         if fam == Family::Flow && ins.mnemonic() == Mnemonic::Ret && ins.op_count() == 0 {
             fam = Family::Ret;
         }
+        let three = ins.op_count() == 3;
+        let gpr_dest = matches!(
+            a,
+            fast::Opnd::R64(_) | fast::Opnd::R32(_) | fast::Opnd::R16(_)
+        );
+        if fam == Family::Alu && a != fast::Opnd::None && ins.op_count() <= 2 {
+            let count_ok =
+                ins.op_count() == 1 || matches!(b, fast::Opnd::Imm(_)) || b == fast::Opnd::R8(1);
+            if let Some(k) = fast::shift_op(ins.mnemonic()) {
+                if count_ok && !matches!(a, fast::Opnd::Imm(_)) {
+                    fam = Family::Shift(k);
+                }
+            }
+        }
+        if fam == Family::Alu
+            && ins.mnemonic() == Mnemonic::Imul
+            && gpr_dest
+            && b != fast::Opnd::None
+        {
+            let third_ok = !three || matches!(fast::resolve(&ins, 2), fast::Opnd::Imm(_));
+            if ins.op_count() >= 2 && third_ok && !matches!(b, fast::Opnd::Imm(_)) {
+                fam = Family::Imul;
+            }
+        }
+        if fam == Family::Alu
+            && gpr_dest
+            && matches!(
+                b,
+                fast::Opnd::R8(_)
+                    | fast::Opnd::R8H(_)
+                    | fast::Opnd::R16(_)
+                    | fast::Opnd::R32(_)
+                    | fast::Opnd::Mem
+            )
+        {
+            match ins.mnemonic() {
+                Mnemonic::Movzx => fam = Family::Movzx,
+                Mnemonic::Movsx | Mnemonic::Movsxd => fam = Family::Movsx,
+                _ => {}
+            }
+        }
+        let bits2 = if ins.op_count() > 1 {
+            Machine::op_bits(&ins, 1).min(255) as u8
+        } else {
+            0
+        };
+        let imm2 = match fast::resolve(&ins, 2) {
+            fast::Opnd::Imm(v) => v,
+            _ => 0,
+        };
         let cc = alu::cc_of(&ins);
         Op {
+            bits2,
+            imm2,
+            next: ins.next_ip(),
             ins,
             fam,
             bits,
@@ -157,9 +223,7 @@ pub(crate) enum Gpr {
     Q64(usize),
 }
 
-#[inline(always)]
-pub(crate) fn gpr(r: Register) -> Option<Gpr> {
-    let n = r as usize;
+const fn gpr_of(n: usize) -> Option<Gpr> {
     Some(match n {
         1..=4 => Gpr::Low8(n - 1),
         5..=8 => Gpr::High8(n - 5),
@@ -169,6 +233,22 @@ pub(crate) fn gpr(r: Register) -> Option<Gpr> {
         53..=68 => Gpr::Q64(n - 53),
         _ => return None,
     })
+}
+
+/// `gpr_of` for every register number below 80, worked out at compile time.
+const GPR_TABLE: [Option<Gpr>; 80] = {
+    let mut t = [None; 80];
+    let mut n = 0;
+    while n < 80 {
+        t[n] = gpr_of(n);
+        n += 1;
+    }
+    t
+};
+
+#[inline(always)]
+pub(crate) fn gpr(r: Register) -> Option<Gpr> {
+    GPR_TABLE.get(r as usize).copied().flatten()
 }
 
 /// Index of an XMM register.
@@ -317,7 +397,7 @@ impl Machine {
     #[inline(always)]
     pub(crate) fn exec(&mut self, op: &Op, budget: u64) -> R<u64> {
         let pc = self.cpu.rip;
-        self.cpu.rip = op.ins.next_ip();
+        self.cpu.rip = op.next;
         let r = self.dispatch(op, budget);
         if r.is_err() {
             self.cpu.rip = pc;
@@ -565,6 +645,17 @@ impl Machine {
                 let v = self.ea_fast(&m);
                 self.wr_fast(op.a, &m, 64, v)?;
                 Ok(1)
+            }
+            Family::Shift(k) => self.shift_fast(k, op).map(|_| 1),
+            Family::Imul => self.imul_fast(op).map(|_| 1),
+            Family::Movzx => {
+                let v = self.rd_fast(op.b, &op.m, op.bits2 as u32)?;
+                self.wr_fast(op.a, &op.m, op.bits as u32, v).map(|_| 1)
+            }
+            Family::Movsx => {
+                let sb = op.bits2 as u32;
+                let v = sext(self.rd_fast(op.b, &op.m, sb)?, sb) & mask(op.bits as u32);
+                self.wr_fast(op.a, &op.m, op.bits as u32, v).map(|_| 1)
             }
             Family::Push => self.push_fast(op.a, &op.m).map(|_| 1),
             Family::Pop => self.pop_fast(op.a, &op.m).map(|_| 1),
