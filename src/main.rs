@@ -304,10 +304,8 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
-    let exe = find_program(&prog[0])
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // The ELF file that runs (a script's interpreter, not the script).
+    let exe = m.kernel.exe.clone();
     serve_gdb(
         Timeline::with_adaptive_interval(m, 1 << 30),
         exe,
