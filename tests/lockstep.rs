@@ -38,6 +38,7 @@ const CORPUS: &[(&str, &[&str])] = &[
     ("strings.c", &[]),
     ("sse2.c", &[]),
     ("mmx.c", &[]),
+    ("selfmod.c", &[]),
     ("signals.c", &[]),
     ("crash_segv.c", &[]),
     ("crash_abort.c", &[]),

@@ -11,6 +11,7 @@ const C_GUESTS: &[&str] = &[
     "strings.c",
     "sse2.c",
     "mmx.c",
+    "selfmod.c",
     "signals.c",
     "crash_segv.c",
     "crash_abort.c",

@@ -512,11 +512,18 @@ impl Machine {
                 match self.exec(op, budget) {
                     Ok(n) => {
                         self.icount += n;
-                        if let Some(hit) = self.mem.watch_hit.take() {
+                        if self.mem.attention || self.flush_blocks {
+                            self.mem.attention = false;
+                            if let Some(hit) = self.mem.watch_hit.take() {
+                                if !self.mem.dirty_code.is_empty() || self.flush_blocks {
+                                    self.sync_code();
+                                }
+                                return StopReason::Watch(hit);
+                            }
                             if !self.mem.dirty_code.is_empty() || self.flush_blocks {
                                 self.sync_code();
+                                break;
                             }
-                            return StopReason::Watch(hit);
                         }
                     }
                     Err(e) => {
@@ -528,10 +535,6 @@ impl Machine {
                         }
                         break;
                     }
-                }
-                if !self.mem.dirty_code.is_empty() || self.flush_blocks {
-                    self.sync_code();
-                    break;
                 }
                 if self.cpu.rip != op.next {
                     break;

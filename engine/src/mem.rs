@@ -97,6 +97,9 @@ pub struct Memory {
     watched_pages: HashSet<u64>,
     /// Set when an access touched a watched range (taken by the run loop).
     pub watch_hit: Option<WatchHit>,
+    /// Set whenever `watch_hit` or `dirty_code` gets something: the run loop looks at those
+    /// only when this is set (one test per instruction instead of several).
+    pub attention: bool,
 }
 
 // SAFETY: the TLB's raw pointers point into pages owned by `self.pages` (or the static zero
@@ -114,6 +117,7 @@ impl Clone for Memory {
             watches: self.watches.clone(),
             watched_pages: self.watched_pages.clone(),
             watch_hit: None,
+            attention: false,
         }
     }
 }
@@ -129,6 +133,7 @@ impl Default for Memory {
             watches: Vec::new(),
             watched_pages: HashSet::new(),
             watch_hit: None,
+            attention: false,
         }
     }
 }
@@ -233,6 +238,7 @@ impl Memory {
                 WatchKind::Access => true,
             };
             if kind_ok && addr < w.start + w.len && w.start < end {
+                self.attention = true;
                 self.watch_hit = Some(WatchHit {
                     watch: *w,
                     addr,
@@ -264,6 +270,7 @@ impl Memory {
         }
         if self.code_pages.remove(&pn) {
             self.dirty_code.push(pn);
+            self.attention = true;
         }
         let i = pn as usize % TLB_SIZE;
         let ptr = self.pages.get_mut(pn).data_mut().as_mut_ptr();
@@ -342,6 +349,7 @@ impl Memory {
                     // Write without caching a translation, so the next write is checked too.
                     if self.code_pages.remove(&pn) {
                         self.dirty_code.push(pn);
+                        self.attention = true;
                     }
                     self.pages.get_mut(pn).data_mut()[(a & 0xfff) as usize] = *b;
                     let j = pn as usize % TLB_SIZE;
