@@ -65,6 +65,16 @@ pub(crate) enum Family {
     /// movzx / movsx / movsxd into a GPR (`bits2` = source size).
     Movzx,
     Movsx,
+    /// Direct near jmp (target in `Op::target`), and jmp/call through a 64-bit register or
+    /// memory operand.
+    Jmp,
+    JmpInd,
+    CallInd,
+    /// cmovcc into a GPR and setcc (condition in `Op::cc`).
+    Cmov,
+    Setcc,
+    /// inc (true) / dec (false) of a GPR or memory.
+    IncDec(bool),
     /// 64-bit push/pop of a register, immediate or memory operand.
     Push,
     Pop,
@@ -98,6 +108,8 @@ pub(crate) struct Op {
     pub bits2: u8,
     /// Operand 2 when it is an immediate (three-operand imul).
     pub imm2: u64,
+    /// Branch target of a direct jmp.
+    pub target: u64,
 }
 
 impl Op {
@@ -188,6 +200,52 @@ impl Op {
                 _ => {}
             }
         }
+        let mn = ins.mnemonic();
+        let cc_mnemonic =
+            |first: Mnemonic, last: Mnemonic| (first as u32..=last as u32).contains(&(mn as u32));
+        if fam == Family::Flow && ins.op_count() == 1 {
+            match (mn, ins.op0_kind()) {
+                (Mnemonic::Jmp, OpKind::NearBranch64) => fam = Family::Jmp,
+                (Mnemonic::Jmp, _)
+                    if bits == 64 && matches!(a, fast::Opnd::R64(_) | fast::Opnd::Mem) =>
+                {
+                    fam = Family::JmpInd
+                }
+                (Mnemonic::Call, _)
+                    if bits == 64 && matches!(a, fast::Opnd::R64(_) | fast::Opnd::Mem) =>
+                {
+                    fam = Family::CallInd
+                }
+                _ => {}
+            }
+        }
+        if fam == Family::Alu
+            && gpr_dest
+            && b != fast::Opnd::None
+            && cc_mnemonic(Mnemonic::Cmova, Mnemonic::Cmovs)
+        {
+            fam = Family::Cmov;
+        }
+        if fam == Family::Alu
+            && ins.op_count() == 1
+            && matches!(a, fast::Opnd::R8(_) | fast::Opnd::R8H(_) | fast::Opnd::Mem)
+            && cc_mnemonic(Mnemonic::Seta, Mnemonic::Sets)
+        {
+            fam = Family::Setcc;
+        }
+        if fam == Family::Alu
+            && ins.op_count() == 1
+            && a != fast::Opnd::None
+            && !matches!(a, fast::Opnd::Imm(_))
+            && matches!(mn, Mnemonic::Inc | Mnemonic::Dec)
+        {
+            fam = Family::IncDec(mn == Mnemonic::Inc);
+        }
+        let target = if fam == Family::Jmp {
+            ins.near_branch_target()
+        } else {
+            0
+        };
         let bits2 = if ins.op_count() > 1 {
             Machine::op_bits(&ins, 1).min(255) as u8
         } else {
@@ -201,6 +259,7 @@ impl Op {
         Op {
             bits2,
             imm2,
+            target,
             next: ins.next_ip(),
             ins,
             fam,
@@ -656,6 +715,48 @@ impl Machine {
                 let sb = op.bits2 as u32;
                 let v = sext(self.rd_fast(op.b, &op.m, sb)?, sb) & mask(op.bits as u32);
                 self.wr_fast(op.a, &op.m, op.bits as u32, v).map(|_| 1)
+            }
+            Family::Jmp => {
+                self.cpu.rip = op.target;
+                Ok(1)
+            }
+            Family::JmpInd => {
+                self.cpu.rip = self.rd_fast(op.a, &op.m, 64)?;
+                Ok(1)
+            }
+            Family::CallInd => {
+                let t = self.rd_fast(op.a, &op.m, 64)?;
+                self.push64(op.next)?;
+                self.cpu.rip = t;
+                Ok(1)
+            }
+            Family::Cmov => {
+                let bits = op.bits as u32;
+                // The source is read (and may fault) whatever the condition; a 32-bit
+                // destination is zero-extended either way.
+                let s = self.rd_fast(op.b, &op.m, bits)?;
+                let v = if self.cpu.cond(op.cc) {
+                    s
+                } else {
+                    self.rd_fast(op.a, &op.m, bits)?
+                };
+                self.wr_fast(op.a, &op.m, bits, v).map(|_| 1)
+            }
+            Family::Setcc => {
+                let v = self.cpu.cond(op.cc) as u64;
+                self.wr_fast(op.a, &op.m, 8, v).map(|_| 1)
+            }
+            Family::IncDec(inc) => {
+                let bits = op.bits as u32;
+                let a = self.rd_fast(op.a, &op.m, bits)?;
+                let (lop, res) = if inc {
+                    (crate::cpu::LazyOp::Inc, a.wrapping_add(1) & mask(bits))
+                } else {
+                    (crate::cpu::LazyOp::Dec, a.wrapping_sub(1) & mask(bits))
+                };
+                self.wr_fast(op.a, &op.m, bits, res)?;
+                self.cpu.set_lazy_incdec(lop, bits, a, res);
+                Ok(1)
             }
             Family::Push => self.push_fast(op.a, &op.m).map(|_| 1),
             Family::Pop => self.pop_fast(op.a, &op.m).map(|_| 1),
