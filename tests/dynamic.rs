@@ -22,14 +22,20 @@ fn text(b: &[u8]) -> String {
 
 /// Builds a guest the way gcc does by default: a dynamically linked PIE.
 fn build_dynamic(src: &Path, opt: &str) -> PathBuf {
+    build_dynamic_with("gcc", src, opt)
+}
+
+/// `build_dynamic` with another compiler driver (g++ for C++).
+fn build_dynamic_with(cc: &str, src: &Path, opt: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
     std::fs::create_dir_all(&dir).expect("dir");
     let stem = src.file_stem().expect("stem").to_string_lossy();
-    let out = dir.join(format!("{stem}-dyn-{}", opt.trim_start_matches('-')));
+    let out =
+        dir.join(format!("{stem}-dyn-{cc}-{}", opt.trim_start_matches('-')).replace('+', "x"));
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = out.with_extension(format!("tmp{}-{n}", std::process::id()));
-    let ok = Command::new("gcc")
+    let ok = Command::new(cc)
         .args([opt, "-g", "-o"])
         .arg(&tmp)
         .arg(src)
@@ -168,6 +174,9 @@ fn a_plain_gcc_program_matches_native() {
         let bin = build_dynamic(&guest_src(g), "-O2");
         assert_same_as_native(&bin, &[], b"");
     }
+    // C++ with exceptions unwinding through the shared libstdc++ and libgcc_s.
+    let bin = build_dynamic_with("g++", &guest_src("cxx_exceptions.cc"), "-O2");
+    assert_same_as_native(&bin, &[], b"");
 }
 
 #[test]
