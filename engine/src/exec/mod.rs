@@ -28,7 +28,8 @@ pub enum Ex {
     /// Divide error (SIGFPE, FPE_INTDIV).
     DivideError,
     /// An instruction fx86 does not implement or that is invalid (SIGILL); the text names it.
-    Illegal(String),
+    /// (Boxed so that `Ex`, and every handler's `Result`, stays two words.)
+    Illegal(Box<String>),
     /// `int3` (SIGTRAP).
     Breakpoint,
     /// A privileged instruction or a general-protection fault (SIGSEGV with si_addr 0).
@@ -791,11 +792,13 @@ impl Machine {
     pub(crate) fn illegal(&self, i: &Instruction) -> Ex {
         use iced_x86::Formatter;
         if i.code() == iced_x86::Code::INVALID {
-            return Ex::Illegal("invalid instruction".into());
+            return Ex::Illegal(Box::new("invalid instruction".into()));
         }
         let mut f = iced_x86::IntelFormatter::new();
         let mut s = String::new();
         f.format(i, &mut s);
-        Ex::Illegal(format!("instruction `{s}` is not implemented by fx86"))
+        Ex::Illegal(Box::new(format!(
+            "instruction `{s}` is not implemented by fx86"
+        )))
     }
 }

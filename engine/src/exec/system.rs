@@ -29,7 +29,7 @@ impl Machine {
             }
             M::Int3 => Err(Ex::Breakpoint),
             M::Int | M::Hlt => Err(Ex::GeneralProtection),
-            M::Ud2 | M::Ud0 | M::Ud1 => Err(Ex::Illegal(format!("ud2 at {:#x}", i.ip()))),
+            M::Ud2 | M::Ud0 | M::Ud1 => Err(Ex::Illegal(Box::new(format!("ud2 at {:#x}", i.ip())))),
             M::Fxsave | M::Fxsave64 => {
                 let a = self.ea(i);
                 if a & 15 != 0 {

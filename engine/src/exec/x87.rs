@@ -310,8 +310,8 @@ impl Machine {
             return Err(self.illegal(i));
         }
         let bytes = e.take_buffer();
-        let stub =
-            stub_for(&bytes).ok_or_else(|| Ex::Illegal("x87 stub arena unavailable".into()))?;
+        let stub = stub_for(&bytes)
+            .ok_or_else(|| Ex::Illegal(Box::new("x87 stub arena unavailable".into())))?;
         let mut guest = FxArea(self.fx_image());
         guest.0[6..24].fill(0);
         let mut host = FxArea([0; 512]);
@@ -381,8 +381,8 @@ impl Machine {
             return Err(self.illegal(i));
         }
         let bytes = e.take_buffer();
-        let stub =
-            stub_for(&bytes).ok_or_else(|| Ex::Illegal("x87 stub arena unavailable".into()))?;
+        let stub = stub_for(&bytes)
+            .ok_or_else(|| Ex::Illegal(Box::new("x87 stub arena unavailable".into())))?;
         let mut guest = FxArea(self.fx_image());
         // The host FPU would report the stub's addresses here; the guest gets zeros.
         guest.0[6..24].fill(0);
