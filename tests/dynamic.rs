@@ -203,6 +203,7 @@ fn proc_sys_and_dev_describe_the_guest_not_the_host() {
         "cmdline arg1: one",
         "zero 0, null write 1",
         "ld.so.cache readable: 1",
+        "fd link /etc/passwd, fd dir lists it 1, entries >= 5: 1",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }

@@ -10,6 +10,7 @@
 #include <cpuid.h>
 #include <sys/auxv.h>
 #include <sys/wait.h>
+#include <dirent.h>
 static char buf[1 << 16];
 static int slurp(const char *path) {
     int fd = open(path, O_RDONLY);
@@ -46,6 +47,17 @@ int main(int argc, char **argv) {
     fd = open("/dev/zero", O_RDONLY); read(fd, r, 8); close(fd);
     printf("zero %d, null write %zd\n", r[0] | r[7], write(open("/dev/null", O_WRONLY), "x", 1));
     printf("ld.so.cache readable: %d\n", access("/etc/ld.so.cache", R_OK) == 0);
+    int pf = open("/etc/passwd", O_RDONLY);
+    char fdpath[64], target[256] = {0};
+    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", pf);
+    readlink(fdpath, target, sizeof target - 1);
+    DIR *fdd = opendir("/proc/self/fd");
+    int listed = 0, seen = 0;
+    struct dirent *de;
+    while (fdd && (de = readdir(fdd))) { if (de->d_name[0] != '.') listed++; if (atoi(de->d_name) == pf) seen = 1; }
+    if (fdd) closedir(fdd);
+    printf("fd link %s, fd dir lists it %d, entries >= 5: %d\n", target, seen, listed >= 5);
+    close(pf);
     if (argc > 2) {
         pthread_t t; int e = pthread_create(&t, NULL, thread_main, NULL);
         printf("pthread_create: %s\n", e ? strerror(e) : "ok");

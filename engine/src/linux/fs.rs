@@ -151,6 +151,8 @@ impl Machine {
                 "" if path.ends_with("self") => meta(FileKind::Symlink, 0o777),
                 "" => meta(FileKind::Dir, 0o555),
                 "exe" | "cwd" => meta(FileKind::Symlink, 0o777),
+                "fd" => meta(FileKind::Dir, 0o500),
+                _ if self.fd_link(rest).is_some() => meta(FileKind::Symlink, 0o700),
                 _ if procfs::is_synthetic(path) => meta(FileKind::File, 0o444),
                 _ => None,
             };
@@ -207,7 +209,12 @@ impl Machine {
         match procfs::proc_self(path) {
             Some("exe") => return Some(self.kernel.exe.as_bytes().to_vec()),
             Some("cwd") => return Some(self.kernel.cwd.as_bytes().to_vec()),
-            _ => {}
+            Some(rest) => {
+                if let Some(t) = self.fd_link(rest) {
+                    return Some(t.into_bytes());
+                }
+            }
+            None => {}
         }
         match self.kernel.data.get(path) {
             Some(Node::Present {
@@ -329,6 +336,25 @@ impl Machine {
         }
     }
 
+    /// Target of `/proc/self/fd/N` (`rest` = "fd/N") for an open fd, as Linux names it.
+    fn fd_link(&self, rest: &str) -> Option<String> {
+        let fd: i32 = rest.strip_prefix("fd/")?.parse().ok()?;
+        let &(id, _) = self.kernel.fds.get(&fd)?;
+        let o = self.kernel.ofds.get(&id)?;
+        Some(match &o.kind {
+            OfdKind::File(p) | OfdKind::Dir(p, _) => p.clone(),
+            OfdKind::Stdin | OfdKind::Stdout | OfdKind::Stderr if self.kernel.tty => {
+                "/dev/pts/0".into()
+            }
+            OfdKind::Stdin | OfdKind::Stdout | OfdKind::Stderr => format!("pipe:[{}]", 10 + fd),
+            OfdKind::Null => "/dev/null".into(),
+            OfdKind::Zero => "/dev/zero".into(),
+            OfdKind::Random => "/dev/urandom".into(),
+            OfdKind::PipeRead(n) | OfdKind::PipeWrite(n) => format!("pipe:[{}]", 0x1000 + n),
+            OfdKind::Event(_) => "anon_inode:[eventfd]".into(),
+        })
+    }
+
     /// What `fd` is ready for now (poll bits), or None if it is not open.
     fn readiness(&self, fd: i32) -> Option<u16> {
         let &(id, _) = self.kernel.fds.get(&fd)?;
@@ -402,6 +428,41 @@ impl Machine {
 
     fn dir_entries(&mut self, path: &str) -> Vec<(String, u8, u64)> {
         let mut names: std::collections::BTreeMap<String, (u8, u64)> = Default::default();
+        if let Some(rest) = procfs::proc_self(path) {
+            // The guest's own /proc directory and its fd directory, never the host's.
+            let listed: Vec<(String, u8)> = match rest {
+                "" => procfs::SYNTHETIC
+                    .iter()
+                    .map(|n| (n.to_string(), 8))
+                    .chain([("exe".into(), 10), ("cwd".into(), 10), ("fd".into(), 4)])
+                    .collect(),
+                "fd" => {
+                    // Listed as it is opened: the fd about to be returned for the listing
+                    // itself is in it too, as on Linux.
+                    let next = (0..)
+                        .find(|fd| !self.kernel.fds.contains_key(fd))
+                        .unwrap_or(0);
+                    self.kernel
+                        .fds
+                        .keys()
+                        .copied()
+                        .chain([next])
+                        .map(|fd| (fd.to_string(), 10))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            for (n, t) in listed {
+                let full = format!("{path}/{n}");
+                names.insert(n, (t, ino_of(&full)));
+            }
+            let mut v = vec![
+                (".".to_string(), 4, ino_of(path)),
+                ("..".to_string(), 4, ino_of(parent(path))),
+            ];
+            v.extend(names.into_iter().map(|(n, (t, i))| (n, t, i)));
+            return v;
+        }
         let from_tree_only = matches!(self.kernel.data.get(path), Some(Node::Present { .. }))
             && !self.host_has(path);
         if !from_tree_only {

@@ -13,18 +13,21 @@ pub(crate) fn proc_self(path: &str) -> Option<&str> {
     (first == "self" || first == "thread-self" || first == pid).then_some(rest)
 }
 
+/// The files fx86 makes in the guest's own /proc directory.
+pub(crate) const SYNTHETIC: &[&str] = &[
+    "auxv", "cmdline", "comm", "environ", "maps", "stat", "status",
+];
+
 /// Whether fx86 makes this file itself.
 pub(crate) fn is_synthetic(path: &str) -> bool {
-    matches!(
-        proc_self(path),
-        Some("maps" | "auxv" | "cmdline" | "environ" | "status" | "stat" | "comm")
-    ) || matches!(
-        path,
-        "/proc/cpuinfo"
-            | "/sys/devices/system/cpu/online"
-            | "/sys/devices/system/cpu/possible"
-            | "/sys/devices/system/cpu/present"
-    )
+    proc_self(path).is_some_and(|r| SYNTHETIC.contains(&r))
+        || matches!(
+            path,
+            "/proc/cpuinfo"
+                | "/sys/devices/system/cpu/online"
+                | "/sys/devices/system/cpu/possible"
+                | "/sys/devices/system/cpu/present"
+        )
 }
 
 /// Flag names for CPUID bits, as /proc/cpuinfo spells them: (leaf, register, bit, name).
