@@ -11,6 +11,9 @@ pub struct HostStat {
     pub kind: FileKind,
     pub mode: u32,
     pub size: u64,
+    /// Modification time (seconds and nanoseconds since the epoch): an input like the
+    /// contents (programs such as Python compare it with their caches).
+    pub mtime: (i64, u32),
 }
 
 /// The outside world as the engine sees it.
@@ -118,10 +121,12 @@ impl Host for StdHost {
         } else {
             return None;
         };
+        use std::os::unix::fs::MetadataExt;
         Some(HostStat {
             kind,
             mode: md.permissions().mode() & 0o7777,
             size: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec().clamp(0, 999_999_999) as u32),
         })
     }
 

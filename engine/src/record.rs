@@ -83,10 +83,18 @@ impl Host for RecordingHost {
     }
     fn lstat(&mut self, path: &str) -> Option<HostStat> {
         let (a, _) = self.answer(Query::Lstat, path, |h, _| {
-            Answer::Lstat(h.lstat(path).map(|s| (s.kind, s.mode, s.size)))
+            Answer::Lstat(
+                h.lstat(path)
+                    .map(|s| (s.kind, s.mode, s.size, s.mtime.0, s.mtime.1)),
+            )
         });
         match a {
-            Answer::Lstat(s) => s.map(|(kind, mode, size)| HostStat { kind, mode, size }),
+            Answer::Lstat(s) => s.map(|(kind, mode, size, sec, nsec)| HostStat {
+                kind,
+                mode,
+                size,
+                mtime: (sec, nsec),
+            }),
             _ => None,
         }
     }
@@ -187,10 +195,11 @@ impl Host for PlaybackHost {
     }
     fn lstat(&mut self, path: &str) -> Option<HostStat> {
         match self.answer(Query::Lstat, path)? {
-            Answer::Lstat(Some((kind, mode, size))) => Some(HostStat {
+            Answer::Lstat(Some((kind, mode, size, sec, nsec))) => Some(HostStat {
                 kind: *kind,
                 mode: *mode,
                 size: *size,
+                mtime: (*sec, *nsec),
             }),
             _ => None,
         }

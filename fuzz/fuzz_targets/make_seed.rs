@@ -14,7 +14,7 @@ fn main() {
     r.answers.insert((Query::File, "/etc/x".into()), Answer::File(Some(f)));
     r.answers.insert(
         (Query::Lstat, "/etc/x".into()),
-        Answer::Lstat(Some((fx86_snapshots::FileKind::File, 0o644, 27))),
+        Answer::Lstat(Some((fx86_snapshots::FileKind::File, 0o644, 27, 1_700_000_000, 0))),
     );
     r.answers.insert((Query::Link, "/l".into()), Answer::Link(Some(b"/etc/x".to_vec())));
     r.answers.insert((Query::Dir, "/etc".into()), Answer::Dir(None));

@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"FX86REC\n";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest blob accepted (decompressed).
 const MAX_BLOB: u64 = 1 << 32;
 
@@ -63,8 +63,8 @@ pub struct Manifest {
 /// One answer the host gave the guest's kernel layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// lstat: (kind, mode, size).
-    Lstat(Option<(FileKind, u32, u64)>),
+    /// lstat: (kind, mode, size, mtime seconds, mtime nanoseconds).
+    Lstat(Option<(FileKind, u32, u64, i64, u32)>),
     /// Whole file contents, as a blob.
     File(Option<Hash>),
     Link(Option<Vec<u8>>),
@@ -149,10 +149,12 @@ impl Recording {
             match a {
                 Answer::Lstat(x) => {
                     w.u8(0);
-                    w.opt(x, |w, (k, mode, size)| {
+                    w.opt(x, |w, (k, mode, size, sec, nsec)| {
                         w.u8(kind_code(*k));
                         w.u32(*mode);
                         w.u64(*size);
+                        w.u64(*sec as u64);
+                        w.u32(*nsec);
                     });
                 }
                 Answer::File(x) => {
@@ -265,7 +267,9 @@ impl Recording {
                     for _ in 0..n {
                         let path = s.str()?;
                         let a = match s.u8()? {
-                            0 => Answer::Lstat(s.opt(|s| Ok((s.kind()?, s.u32()?, s.u64()?)))?),
+                            0 => Answer::Lstat(s.opt(|s| {
+                                Ok((s.kind()?, s.u32()?, s.u64()?, s.u64()? as i64, s.u32()?))
+                            })?),
                             1 => Answer::File(s.opt(|s| s.hash())?),
                             2 => Answer::Link(s.opt(|s| s.bytes())?),
                             3 => Answer::Dir(s.opt(|s| s.list(|s| Ok((s.str()?, s.kind()?))))?),
@@ -567,7 +571,7 @@ mod tests {
         };
         r.answers.insert(
             (Query::Lstat, "/etc/x".into()),
-            Answer::Lstat(Some((FileKind::File, 0o644, 100_000))),
+            Answer::Lstat(Some((FileKind::File, 0o644, 100_000, 1_700_000_000, 5))),
         );
         r.answers
             .insert((Query::File, "/etc/x".into()), Answer::File(Some(file)));
@@ -609,8 +613,10 @@ mod tests {
             .0
             .contains("not an fx86 recording"));
         let mut v = b.clone();
-        v[8] = 2;
-        assert!(Recording::decode(&v).unwrap_err().0.contains("version 2"));
+        v[8] = 1;
+        assert!(Recording::decode(&v).unwrap_err().0.contains("version 1"));
+        v[8] = 3;
+        assert!(Recording::decode(&v).unwrap_err().0.contains("version 3"));
         for cut in [0, 5, 11, 12, 40, b.len() / 2, b.len() - 1] {
             assert!(Recording::decode(&b[..cut]).is_err(), "cut at {cut}");
         }

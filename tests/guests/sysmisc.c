@@ -47,6 +47,10 @@ int main(void) {
     printf("fchmod mode %o\n", st.st_mode & 0777);
     struct timespec ts[2] = {{1000000, 0}, {2000000, 0}};
     printf("utimensat %d\n", utimensat(AT_FDCWD, path, ts, 0));
+    stat(path, &st);
+    printf("mtime set %ld\n", (long)st.st_mtime);
+    struct stat host; stat("/etc/passwd", &host);
+    printf("host file mtime %ld size %lld\n", (long)host.st_mtime, (long long)host.st_size);
     char path2[] = "/tmp/fx86-sysmisc-copy-XXXXXX"; int g = mkstemp(path2);
     loff_t in_off = 4;
     printf("copy_file_range %zd\n", copy_file_range(f, &in_off, g, NULL, 6, 0));

@@ -80,7 +80,12 @@ pub(crate) struct Meta {
     size: u64,
     ino: u64,
     rdev: u64,
+    /// Modification time (seconds, nanoseconds).
+    mtime: (i64, u32),
 }
+
+/// The time fx86 reports for objects with no time of their own (devices, pipes, /proc).
+const FIXED_MTIME: (i64, u32) = ((super::EPOCH_NS / 1_000_000_000) as i64, 0);
 
 fn ino_of(path: &str) -> u64 {
     let h = blake3::hash(path.as_bytes());
@@ -134,6 +139,7 @@ impl Machine {
                 size: 0,
                 ino: ino_of(path),
                 rdev,
+                mtime: FIXED_MTIME,
             });
         }
         let meta = |kind, mode| {
@@ -143,6 +149,7 @@ impl Machine {
                 size: 0,
                 ino: ino_of(path),
                 rdev: 0,
+                mtime: FIXED_MTIME,
             })
         };
         if let Some(rest) = procfs::proc_self(path) {
@@ -173,6 +180,7 @@ impl Machine {
                 size: data.len() as u64,
                 ino: *ino,
                 rdev: 0,
+                mtime: self.kernel.mtime_of(path),
             }),
             None => {
                 // A path under a directory the guest created exists only in the tree.
@@ -193,6 +201,7 @@ impl Machine {
                     size: st.size,
                     ino: ino_of(path),
                     rdev: 0,
+                    mtime: st.mtime,
                 })
             }
         }
@@ -322,6 +331,7 @@ impl Machine {
                 }
                 let bytes = self.host.read_file(path)?;
                 let data = Arc::new(bytes);
+                self.kernel.set_mtime(path, st.mtime);
                 self.kernel.data.set(
                     path,
                     Node::Present {
@@ -518,6 +528,7 @@ impl Machine {
                 size: 0,
                 ino: 3 + fd,
                 rdev: if self.kernel.tty { 136 << 8 } else { 0 },
+                mtime: FIXED_MTIME,
             },
             OfdKind::Null | OfdKind::Zero | OfdKind::Random => Meta {
                 kind: FileKind::CharDev,
@@ -525,6 +536,7 @@ impl Machine {
                 size: 0,
                 ino: 10 + fd,
                 rdev: 0x103,
+                mtime: FIXED_MTIME,
             },
             OfdKind::PipeRead(n) | OfdKind::PipeWrite(n) => Meta {
                 kind: FileKind::File,
@@ -532,6 +544,7 @@ impl Machine {
                 size: 0,
                 ino: 0x1000 + n,
                 rdev: u64::MAX,
+                mtime: FIXED_MTIME,
             },
             // anon_inode:[eventfd]
             OfdKind::Event(_) => Meta {
@@ -540,6 +553,7 @@ impl Machine {
                 size: 0,
                 ino: 0x2000 + id,
                 rdev: 0,
+                mtime: FIXED_MTIME,
             },
         })
     }
@@ -563,9 +577,9 @@ impl Machine {
         b[48..56].copy_from_slice(&m.size.to_le_bytes());
         b[56..64].copy_from_slice(&4096u64.to_le_bytes());
         b[64..72].copy_from_slice(&m.size.div_ceil(512).next_multiple_of(8).to_le_bytes());
-        let t = super::EPOCH_NS / 1_000_000_000;
         for o in [72, 88, 104] {
-            b[o..o + 8].copy_from_slice(&t.to_le_bytes());
+            b[o..o + 8].copy_from_slice(&m.mtime.0.to_le_bytes());
+            b[o + 8..o + 16].copy_from_slice(&(m.mtime.1 as u64).to_le_bytes());
         }
         self.mem.write_bytes(addr, &b)?;
         Ok(())
@@ -592,9 +606,9 @@ impl Machine {
         b[32..40].copy_from_slice(&m.ino.to_le_bytes());
         b[40..48].copy_from_slice(&m.size.to_le_bytes());
         b[48..56].copy_from_slice(&m.size.div_ceil(512).next_multiple_of(8).to_le_bytes());
-        let t = super::EPOCH_NS / 1_000_000_000;
         for o in [64, 80, 96, 112] {
-            b[o..o + 8].copy_from_slice(&t.to_le_bytes());
+            b[o..o + 8].copy_from_slice(&m.mtime.0.to_le_bytes());
+            b[o + 8..o + 12].copy_from_slice(&m.mtime.1.to_le_bytes());
         }
         let rdev = if m.rdev == u64::MAX { 0 } else { m.rdev };
         b[128..132].copy_from_slice(&((rdev >> 8) as u32).to_le_bytes());
@@ -682,7 +696,15 @@ impl Machine {
     }
 
     /// Replaces a file's contents in the data tree (creating it with `mode` if given).
+    /// The guest's wall clock, as a file time.
+    fn now_mtime(&self) -> (i64, u32) {
+        let ns = self.clock_ns(0);
+        ((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32)
+    }
+
     fn set_file(&mut self, path: &str, data: Vec<u8>, mode: Option<u32>) {
+        let now = self.now_mtime();
+        self.kernel.set_mtime(path, now);
         let (m, ino) = match self.kernel.data.get(path) {
             Some(Node::Present { mode, ino, .. }) => (*mode, *ino),
             _ => {
@@ -851,6 +873,7 @@ impl Machine {
     fn remove_path(&mut self, path: &str) {
         // A whiteout hides the host's object (if any) and drops the guest's.
         self.kernel.data.set(path, Node::Whiteout);
+        self.kernel.forget_mtime(path);
     }
 
     pub(super) fn sys_fs(&mut self, nr: u64) -> R<i64> {
@@ -1341,6 +1364,8 @@ impl Machine {
                 }
                 let ino = self.kernel.data.fresh_ino();
                 let mode = mode as u32 & !self.kernel.umask & 0o7777;
+                let now = self.now_mtime();
+                self.kernel.set_mtime(&path, now);
                 self.kernel.data.set(
                     &path,
                     Node::Present {
@@ -1391,6 +1416,7 @@ impl Machine {
                 }
                 let data = tryp!(self.file_data(&from).ok_or(EPERM));
                 let m = tryp!(self.lookup(&from).ok_or(ENOENT));
+                self.kernel.set_mtime(&to, m.mtime);
                 self.kernel.data.set(
                     &to,
                     Node::Present {
@@ -1415,6 +1441,8 @@ impl Machine {
                     return Ok(-EEXIST);
                 }
                 let ino = self.kernel.data.fresh_ino();
+                let now = self.now_mtime();
+                self.kernel.set_mtime(&path, now);
                 self.kernel.data.set(
                     &path,
                     Node::Present {
@@ -1472,6 +1500,7 @@ impl Machine {
                     FileKind::Dir => Arc::new(Vec::new()),
                     _ => return Ok(0),
                 };
+                self.kernel.set_mtime(&path, m.mtime);
                 self.kernel.data.set(
                     &path,
                     Node::Present {
@@ -1483,7 +1512,58 @@ impl Machine {
                 );
                 0
             }
-            92..=94 | 260 | 132 | 280 => 0, // chown family, utime(s): accepted (single user)
+            92..=94 | 260 => 0, // chown family: accepted (single user)
+            280 => {
+                // utimensat(dirfd, path, times, flags): the modification time is kept (in the
+                // data tree); access times are not tracked.
+                let (dirfd, pa, times, flags) = (a[0] as i32 as i64, a[1], a[2], a[3]);
+                let path = if pa == 0 {
+                    match self
+                        .kernel
+                        .fds
+                        .get(&(dirfd as i32))
+                        .and_then(|(id, _)| self.kernel.ofds.get(id))
+                    {
+                        Some(Ofd {
+                            kind: OfdKind::File(p) | OfdKind::Dir(p, _),
+                            ..
+                        }) => p.clone(),
+                        Some(_) => return Ok(0),
+                        None => return Ok(-EBADF),
+                    }
+                } else {
+                    let raw = tryp!(self.path_arg(pa)?);
+                    tryp!(self.resolve(dirfd, &raw, flags & AT_SYMLINK_NOFOLLOW == 0))
+                };
+                let Some(m) = self.lookup(&path) else {
+                    return Ok(-ENOENT);
+                };
+                const UTIME_NOW: u64 = (1 << 30) - 1;
+                const UTIME_OMIT: u64 = (1 << 30) - 2;
+                let t = if times == 0 {
+                    Some(self.now_mtime())
+                } else {
+                    let sec = self.mem.read_u64(times + 16)?;
+                    let nsec = self.mem.read_u64(times + 24)?;
+                    match nsec {
+                        UTIME_OMIT => None,
+                        UTIME_NOW => Some(self.now_mtime()),
+                        n if n < 1_000_000_000 => Some((sec as i64, n as u32)),
+                        _ => return Ok(-EINVAL),
+                    }
+                };
+                if let Some(t) = t {
+                    // The object must be in the tree to carry its own time.
+                    if m.kind == FileKind::File {
+                        let _ = self.file_data(&path);
+                    }
+                    if self.kernel.data.get(&path).is_some() || m.kind == FileKind::File {
+                        self.kernel.set_mtime(&path, t);
+                    }
+                }
+                0
+            }
+            132 => 0, // utime: accepted
             137 | 138 => {
                 let mut b = [0u8; 120];
                 b[0..8].copy_from_slice(&0xef53u64.to_le_bytes());
@@ -1540,6 +1620,7 @@ impl Machine {
             FileKind::CharDev => return,
         };
         self.kernel.data.set(to, node);
+        self.kernel.set_mtime(to, m.mtime);
         self.remove_path(from);
         // Open descriptions follow the file.
         for o in self.kernel.ofds.values_mut() {

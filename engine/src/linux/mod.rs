@@ -74,6 +74,9 @@ pub struct Kernel {
     pub random_counter: u64,
     pub tty: bool,
     pub auxv: Vec<(u64, u64)>,
+    /// Modification times of the data tree's objects (seconds, nanoseconds): the host's for
+    /// imported files, the virtual clock's for what the guest wrote. Shared between snapshots.
+    pub mtimes: std::sync::Arc<BTreeMap<String, (i64, u32)>>,
     /// argv and the environment as /proc/self/cmdline and environ show them (NUL-terminated).
     pub cmdline: std::sync::Arc<Vec<u8>>,
     pub environ: std::sync::Arc<Vec<u8>>,
@@ -107,6 +110,7 @@ impl Kernel {
             random_counter: 0,
             tty: config.tty,
             auxv,
+            mtimes: Default::default(),
             cmdline: std::sync::Arc::new(nul_joined(&config.args)),
             environ: std::sync::Arc::new(nul_joined(&config.env)),
             tid_address: 0,
@@ -189,6 +193,29 @@ impl Kernel {
         h.update(&self.random_counter.to_le_bytes());
         h.update(&self.slept_ns.to_le_bytes());
         h.update(&self.umask.to_le_bytes());
+        for (p, (sec, nsec)) in self.mtimes.iter() {
+            h.update(p.as_bytes());
+            h.update(&sec.to_le_bytes());
+            h.update(&nsec.to_le_bytes());
+        }
+    }
+
+    /// The modification time of a data-tree object.
+    pub(crate) fn mtime_of(&self, path: &str) -> (i64, u32) {
+        self.mtimes
+            .get(path)
+            .copied()
+            .unwrap_or(((EPOCH_NS / 1_000_000_000) as i64, 0))
+    }
+
+    pub(crate) fn set_mtime(&mut self, path: &str, t: (i64, u32)) {
+        std::sync::Arc::make_mut(&mut self.mtimes).insert(path.to_string(), t);
+    }
+
+    pub(crate) fn forget_mtime(&mut self, path: &str) {
+        if self.mtimes.contains_key(path) {
+            std::sync::Arc::make_mut(&mut self.mtimes).remove(path);
+        }
     }
 }
 
