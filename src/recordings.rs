@@ -150,7 +150,7 @@ impl Host for FailingHost {
     fn lstat(&mut self, path: &str) -> Option<fx86_engine::host::HostStat> {
         self.inner.lstat(path)
     }
-    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
+    fn read_file(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
         self.inner.read_file(path)
     }
     fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {

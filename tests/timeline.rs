@@ -29,7 +29,7 @@ impl Host for TestHost {
     fn lstat(&mut self, p: &str) -> Option<HostStat> {
         self.fs.lstat(p)
     }
-    fn read_file(&mut self, p: &str) -> Option<Vec<u8>> {
+    fn read_file(&mut self, p: &str) -> Option<std::sync::Arc<Vec<u8>>> {
         self.fs.read_file(p)
     }
     fn read_link(&mut self, p: &str) -> Option<Vec<u8>> {
@@ -282,4 +282,39 @@ fn long_moves_report_progress_and_can_be_cancelled() {
     let (mut straight, _) = machine(prog, &["2000000"], b"");
     straight.run(stopped / 2);
     assert_eq!(tl.machine().state_hash(), straight.state_hash());
+}
+
+#[test]
+fn history_keeps_the_files_it_saw_when_the_host_changes_them() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("frozen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("input.txt");
+    std::fs::write(&file, "3\n1\n2\n").expect("write");
+    let path = file.to_string_lossy().into_owned();
+    let (m, out) = machine("/bin/busybox", &["sort", &path], b"");
+    let mut tl = Timeline::new(m, 5_000, 1 << 30);
+    assert_eq!(tl.run_forward(u64::MAX), StopReason::Exited(0));
+    // States all along the history (every 97 instructions, so that some re-execute the read
+    // from a snapshot taken before it), before and after the host file changes.
+    let end = tl.icount() - 1;
+    let targets: Vec<u64> = (0..end).step_by(97).chain([end]).collect();
+    let before: Vec<_> = targets
+        .iter()
+        .map(|&n| {
+            tl.goto(n);
+            tl.machine().state_hash()
+        })
+        .collect();
+    // The host file changes (contents, size and time) while the history is being explored.
+    std::fs::write(&file, "9\n8\n7\n6\n5\n").expect("rewrite");
+    for (&n, h) in targets.iter().zip(&before).rev() {
+        tl.goto(n);
+        assert_eq!(
+            tl.machine().state_hash(),
+            *h,
+            "re-execution to icount {n} saw the changed file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,8 +26,8 @@ pub trait Host: Send {
     fn diagnostic(&mut self, msg: &str);
     /// lstat of a host path.
     fn lstat(&mut self, path: &str) -> Option<HostStat>;
-    /// Whole contents of a host file.
-    fn read_file(&mut self, path: &str) -> Option<Vec<u8>>;
+    /// Whole contents of a host file (shared, so that the data tree can keep the same copy).
+    fn read_file(&mut self, path: &str) -> Option<std::sync::Arc<Vec<u8>>>;
     /// Target of a host symlink.
     fn read_link(&mut self, path: &str) -> Option<Vec<u8>>;
     /// Names and kinds in a host directory.
@@ -130,8 +130,8 @@ impl Host for StdHost {
         })
     }
 
-    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
-        std::fs::read(path).ok()
+    fn read_file(&mut self, path: &str) -> Option<std::sync::Arc<Vec<u8>>> {
+        std::fs::read(path).ok().map(std::sync::Arc::new)
     }
 
     fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {

@@ -98,12 +98,12 @@ impl Host for RecordingHost {
             _ => None,
         }
     }
-    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
+    fn read_file(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
         let (a, rec) = self.answer(Query::File, path, |h, r| {
-            Answer::File(h.read_file(path).map(|d| r.add_blob(d)))
+            Answer::File(h.read_file(path).map(|d| r.add_blob(d.to_vec())))
         });
         match a {
-            Answer::File(Some(h)) => lock(&rec).blobs.get(&h).cloned(),
+            Answer::File(Some(h)) => lock(&rec).blobs.get(&h).cloned().map(Arc::new),
             _ => None,
         }
     }
@@ -204,11 +204,11 @@ impl Host for PlaybackHost {
             _ => None,
         }
     }
-    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
+    fn read_file(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
         match self.answer(Query::File, path)? {
             Answer::File(Some(h)) => {
                 let h = *h;
-                self.rec.blobs.get(&h).cloned()
+                self.rec.blobs.get(&h).cloned().map(Arc::new)
             }
             _ => None,
         }

@@ -65,12 +65,24 @@ struct Logs {
     events: Vec<GuestEvent>,
 }
 
+/// The host file system as a timeline has seen it: the first answer to each question is
+/// the answer for the whole session, so re-executing a stretch of history sees the same
+/// files (and times) even if the host's change meanwhile.
+#[derive(Default)]
+struct FrozenView {
+    lstat: BTreeMap<String, Option<HostStat>>,
+    file: BTreeMap<String, Option<Arc<Vec<u8>>>>,
+    link: BTreeMap<String, Option<Vec<u8>>>,
+    dir: BTreeMap<String, Option<Vec<(String, FileKind)>>>,
+}
+
 /// The host as seen during a timeline: live past the frontier, replayed before it.
 struct ReplayHost {
     inner: Box<dyn Host>,
     icount: u64,
     frontier: Arc<AtomicU64>,
     logs: Arc<Mutex<Logs>>,
+    view: FrozenView,
 }
 
 impl ReplayHost {
@@ -109,16 +121,36 @@ impl Host for ReplayHost {
         }
     }
     fn lstat(&mut self, path: &str) -> Option<HostStat> {
-        self.inner.lstat(path)
+        if let Some(a) = self.view.lstat.get(path) {
+            return a.clone();
+        }
+        let a = self.inner.lstat(path);
+        self.view.lstat.insert(path.to_string(), a.clone());
+        a
     }
-    fn read_file(&mut self, path: &str) -> Option<Vec<u8>> {
-        self.inner.read_file(path)
+    fn read_file(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
+        if let Some(a) = self.view.file.get(path) {
+            return a.clone();
+        }
+        let a = self.inner.read_file(path);
+        self.view.file.insert(path.to_string(), a.clone());
+        a
     }
     fn read_link(&mut self, path: &str) -> Option<Vec<u8>> {
-        self.inner.read_link(path)
+        if let Some(a) = self.view.link.get(path) {
+            return a.clone();
+        }
+        let a = self.inner.read_link(path);
+        self.view.link.insert(path.to_string(), a.clone());
+        a
     }
     fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>> {
-        self.inner.list_dir(path)
+        if let Some(a) = self.view.dir.get(path) {
+            return a.clone();
+        }
+        let a = self.inner.list_dir(path);
+        self.view.dir.insert(path.to_string(), a.clone());
+        a
     }
     fn at_icount(&mut self, icount: u64) {
         self.icount = icount;
@@ -149,7 +181,7 @@ impl Host for NoHost {
     fn lstat(&mut self, _path: &str) -> Option<HostStat> {
         None
     }
-    fn read_file(&mut self, _path: &str) -> Option<Vec<u8>> {
+    fn read_file(&mut self, _path: &str) -> Option<Arc<Vec<u8>>> {
         None
     }
     fn read_link(&mut self, _path: &str) -> Option<Vec<u8>> {
@@ -189,6 +221,7 @@ impl Timeline {
             icount: 0,
             frontier: frontier.clone(),
             logs: logs.clone(),
+            view: FrozenView::default(),
         });
         let mut snaps = BTreeMap::new();
         let s = machine.snapshot();

@@ -329,8 +329,7 @@ impl Machine {
                 if st.kind != FileKind::File {
                     return None;
                 }
-                let bytes = self.host.read_file(path)?;
-                let data = Arc::new(bytes);
+                let data = self.host.read_file(path)?;
                 self.kernel.set_mtime(path, st.mtime);
                 self.kernel.data.set(
                     path,
@@ -431,7 +430,7 @@ impl Machine {
                 if self.host.lstat(&path)?.kind != FileKind::File {
                     return None;
                 }
-                self.host.read_file(&path).map(Arc::new)
+                self.host.read_file(&path)
             }
         }
     }
