@@ -295,6 +295,7 @@ fn history_keeps_the_files_it_saw_when_the_host_changes_them() {
     let (m, out) = machine("/bin/busybox", &["sort", &path], b"");
     let mut tl = Timeline::new(m, 5_000, 1 << 30);
     assert_eq!(tl.run_forward(u64::MAX), StopReason::Exited(0));
+    assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), "1\n2\n3\n");
     // States all along the history (every 97 instructions, so that some re-execute the read
     // from a snapshot taken before it), before and after the host file changes.
     let end = tl.icount() - 1;
