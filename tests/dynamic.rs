@@ -8,16 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("dynamic")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    common::scratch("dynamic", name)
 }
 
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    lossy(b)
 }
 
 /// Builds a guest the way gcc does by default: a dynamically linked PIE.
@@ -267,14 +262,6 @@ fn a_dynamic_program_records_and_replays_without_its_libraries_in_place() {
     assert!(v.status.success(), "{}", text(&v.stdout));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn gdb_breaks_in_libc_backtraces_and_reverse_finishes_into_the_program() {
     let src = scratch("gdb").join("sorter.c");
@@ -337,43 +324,19 @@ fn gdb_session(
     gdb_file: Option<&Path>,
     cmds: &[&str],
 ) -> (String, String) {
-    use std::io::{BufRead, BufReader, Read};
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = fx86();
-    if args[0] == "gdbserver" {
-        cmd.args(["gdbserver", "--listen", &addr, "--"]).arg(bin);
-    } else {
-        cmd.args(args).arg(&addr);
-    }
-    let mut server = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    while !said.contains("listening") {
-        let mut l = String::new();
-        if err.read_line(&mut l).expect("server output") == 0 {
-            panic!("server ended: {said}");
-        }
-        said += &l;
-    }
-    let mut gdb = Command::new("gdb");
-    gdb.args(["-batch", "-nx", "-ex", "set confirm off"])
-        .args(["-ex", &format!("target remote {addr}")]);
-    for c in cmds {
-        gdb.args(["-ex", c]);
-    }
-    if let Some(f) = gdb_file {
-        gdb.arg(f);
-    }
-    let out = gdb.output().expect("gdb");
-    let out = text(&out.stdout) + &text(&out.stderr);
-    let mut rest = String::new();
-    let _ = err.read_to_string(&mut rest);
-    let _ = server.wait();
-    (out, rest)
+    gdb_with(
+        |addr| {
+            let mut cmd = fx86();
+            if args[0] == "gdbserver" {
+                cmd.args(["gdbserver", "--listen", addr, "--"]).arg(bin);
+            } else {
+                cmd.args(args).arg(addr);
+            }
+            cmd
+        },
+        gdb_file,
+        cmds,
+    )
 }
 
 fn check_sorter_session(out: &str, rest: &str) {

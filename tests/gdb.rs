@@ -6,51 +6,19 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Starts the server on the guest and runs gdb with `cmds`; returns gdb's output and the
 /// server's stderr.
 fn session(bin: &Path, args: &[&str], cmds: &[&str]) -> (String, String) {
-    use std::io::{BufRead, BufReader, Read};
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut server = fx86()
-        .args(["gdbserver", "--listen", &addr, "--"])
-        .arg(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fx86 gdbserver");
-    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
-    let mut first = String::new();
-    err.read_line(&mut first).expect("server says it listens");
-    assert!(first.contains("listening"), "{first}");
-    let mut gdb = Command::new("gdb");
-    gdb.args([
-        "-batch",
-        "-nx",
-        "-ex",
-        "set confirm off",
-        "-ex",
-        &format!("target remote {addr}"),
-    ]);
-    for c in cmds {
-        gdb.args(["-ex", c]);
-    }
-    gdb.arg(bin);
-    let out = gdb.output().expect("run gdb (install it: see .ci/run)");
-    let mut rest = String::new();
-    let _ = err.read_to_string(&mut rest);
-    let _ = server.wait();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        first + &rest,
+    gdb_with(
+        |addr| {
+            let mut c = fx86();
+            c.args(["gdbserver", "--listen", addr, "--"])
+                .arg(bin)
+                .args(args);
+            c
+        },
+        Some(bin),
+        cmds,
     )
 }
 

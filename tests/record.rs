@@ -7,18 +7,12 @@ use fx86_snapshots::recording::Recording;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// A fresh directory under the target's temp dir.
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("record")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    common::scratch("record", name)
 }
 
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    lossy(b)
 }
 
 /// Copies a built guest into `dir` (so that it can be deleted afterwards).
@@ -335,17 +329,8 @@ fn verify_names_where_a_replay_diverges() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn gdb_on_a_replay_reaches_the_crash_and_goes_back() {
-    use std::io::{BufRead, BufReader, Read};
     let dir = scratch("gdb");
     let bin = own_copy(
         &build(
@@ -369,38 +354,26 @@ fn gdb_on_a_replay_reaches_the_crash_and_goes_back() {
     assert_eq!(status_code(&rec), 139, "{}", text(&rec.stderr));
     std::fs::remove_file(&bin).expect("delete program");
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut server = fx86()
-        .current_dir(&dir)
-        .args(["replay", "bug.fxr", "--gdb", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("replay --gdb");
-    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
-    let mut said = String::new();
-    while !said.contains("listening") {
-        let mut l = String::new();
-        if err.read_line(&mut l).expect("server output") == 0 {
-            panic!("server ended: {said}");
-        }
-        said += &l;
-    }
     // gdb gets no program file: symbols come from the program stored in the recording.
-    let out = Command::new("gdb")
-        .current_dir(&dir)
-        .args(["-batch", "-nx", "-ex", "set confirm off"])
-        .args(["-ex", &format!("target remote {addr}")])
-        .args(["-ex", "continue", "-ex", "bt", "-ex", "up"])
-        .args(["-ex", "watch -l t->report", "-ex", "reverse-continue"])
-        .args(["-ex", "print i", "-ex", "monitor icount", "-ex", "kill"])
-        .output()
-        .expect("gdb");
-    let out = text(&out.stdout) + &text(&out.stderr);
-    let mut rest = String::new();
-    let _ = err.read_to_string(&mut rest);
-    let _ = server.wait();
+    let (out, rest) = gdb_with(
+        |addr| {
+            let mut c = fx86();
+            c.current_dir(&dir)
+                .args(["replay", "bug.fxr", "--gdb", addr]);
+            c
+        },
+        None,
+        &[
+            "continue",
+            "bt",
+            "up",
+            "watch -l t->report",
+            "reverse-continue",
+            "print i",
+            "monitor icount",
+            "kill",
+        ],
+    );
     assert!(out.contains("SIGSEGV"), "{out}");
     assert!(out.contains("main"), "{out}");
     assert!(out.contains("record_scores"), "{out}");

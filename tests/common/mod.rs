@@ -131,3 +131,68 @@ impl Rng {
         self.0
     }
 }
+
+/// A fresh directory `group/name-PID` under the target's temp dir.
+pub fn scratch(group: &str, name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(group)
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Bytes as text (lossy).
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A TCP port on loopback that is free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts the fx86 command `server(addr)` (a gdb server listening on `addr`), waits until it
+/// says it listens, runs real gdb in batch mode with `cmds` (and `file` as the program, if
+/// given) against it, and returns gdb's output and the server's stderr.
+pub fn gdb_with(
+    server: impl FnOnce(&str) -> Command,
+    file: Option<&Path>,
+    cmds: &[&str],
+) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = server(&addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the fx86 gdb server");
+    let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    while !said.contains("listening") {
+        let mut l = String::new();
+        if err.read_line(&mut l).expect("server output") == 0 {
+            panic!("the server ended before listening: {said}");
+        }
+        said += &l;
+    }
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex", "set confirm off"])
+        .args(["-ex", &format!("target remote {addr}")]);
+    for c in cmds {
+        gdb.args(["-ex", c]);
+    }
+    if let Some(f) = file {
+        gdb.arg(f);
+    }
+    let out = gdb.output().expect("run gdb (install it: see .ci/run)");
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let _ = server.wait();
+    (lossy(&out.stdout) + &lossy(&out.stderr), said + &rest)
+}

@@ -414,29 +414,9 @@ impl Machine {
         };
         let cf_in = f0 & fl::CF != 0;
         let (res, cf, of) = match m {
-            M::Shl | M::Sal => {
-                let res = if cnt >= bits { 0 } else { (a << cnt) & mk };
-                let cf = if cnt > bits {
-                    false
-                } else {
-                    (a >> (bits - cnt)) & 1 != 0
-                };
-                (res, cf, msb(res) ^ cf)
-            }
-            M::Shr => {
-                let res = if cnt >= bits { 0 } else { a >> cnt };
-                let cf = if cnt > bits {
-                    false
-                } else {
-                    (a >> (cnt - 1)) & 1 != 0
-                };
-                (res, cf, msb(a))
-            }
-            M::Sar => {
-                let s = sext(a, bits) as i64;
-                let res = (s >> cnt.min(63)) as u64 & mk;
-                let cf = (s >> (cnt - 1).min(63)) & 1 != 0;
-                (res, cf, false)
+            M::Shl | M::Sal | M::Shr | M::Sar => {
+                let k = super::fast::shift_op(m).expect("a shift");
+                super::fast::shift_value(k, a, cnt, bits)
             }
             M::Rol => {
                 let c = cnt % bits;

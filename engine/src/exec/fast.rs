@@ -114,6 +114,32 @@ pub(crate) fn shift_op(m: M) -> Option<ShiftOp> {
     })
 }
 
+/// Result, CF and OF of shifting the `bits`-bit value `a` by `cnt` (1..=31 or 63). The one
+/// definition of these shifts, for the fast path and the general one.
+#[inline(always)]
+pub(crate) fn shift_value(k: ShiftOp, a: u64, cnt: u32, bits: u32) -> (u64, bool, bool) {
+    let mk = mask(bits);
+    let msb = |v: u64| (v >> (bits - 1)) & 1 != 0;
+    match k {
+        ShiftOp::Shl => {
+            let res = if cnt >= bits { 0 } else { (a << cnt) & mk };
+            let cf = cnt <= bits && (a >> (bits - cnt)) & 1 != 0;
+            (res, cf, msb(res) ^ cf)
+        }
+        ShiftOp::Shr => {
+            let res = if cnt >= bits { 0 } else { a >> cnt };
+            let cf = cnt <= bits && (a >> (cnt - 1)) & 1 != 0;
+            (res, cf, msb(a))
+        }
+        ShiftOp::Sar => {
+            let s = super::sext(a, bits) as i64;
+            let res = (s >> cnt.min(63)) as u64 & mk;
+            let cf = (s >> (cnt - 1).min(63)) & 1 != 0;
+            (res, cf, false)
+        }
+    }
+}
+
 pub(crate) fn alu_op(m: M) -> Option<AluOp> {
     Some(match m {
         M::Add => AluOp::Add,
@@ -234,26 +260,7 @@ impl Machine {
         if cnt == 0 {
             return self.wr_fast(op.a, &op.m, bits, a);
         }
-        let mk = mask(bits);
-        let msb = |v: u64| (v >> (bits - 1)) & 1 != 0;
-        let (res, cf, of) = match k {
-            ShiftOp::Shl => {
-                let res = if cnt >= bits { 0 } else { (a << cnt) & mk };
-                let cf = cnt <= bits && (a >> (bits - cnt)) & 1 != 0;
-                (res, cf, msb(res) ^ cf)
-            }
-            ShiftOp::Shr => {
-                let res = if cnt >= bits { 0 } else { a >> cnt };
-                let cf = cnt <= bits && (a >> (cnt - 1)) & 1 != 0;
-                (res, cf, msb(a))
-            }
-            ShiftOp::Sar => {
-                let s = super::sext(a, bits) as i64;
-                let res = (s >> cnt.min(63)) as u64 & mk;
-                let cf = (s >> (cnt - 1).min(63)) & 1 != 0;
-                (res, cf, false)
-            }
-        };
+        let (res, cf, of) = shift_value(k, a, cnt, bits);
         self.wr_fast(op.a, &op.m, bits, res)?;
         let mut f = self.cpu.non_arith_flags() | super::alu::szp(res, bits);
         if cf {

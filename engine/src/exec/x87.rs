@@ -163,7 +163,52 @@ fn stub_for(insn: &[u8]) -> Option<Stub> {
     Some(unsafe { std::mem::transmute::<*mut u8, Stub>(a.base.add(off)) })
 }
 
+/// Points an instruction's memory operand at the stub's scratch buffer ([rdi]).
+fn point_at_scratch(enc: &mut Instruction) {
+    enc.set_memory_base(Register::RDI);
+    enc.set_memory_index(Register::None);
+    enc.set_memory_index_scale(1);
+    enc.set_memory_displacement64(0);
+    enc.set_memory_displ_size(0);
+    enc.set_segment_prefix(Register::None);
+}
+
 impl Machine {
+    /// Runs `enc` (the guest instruction `i`, re-encoded with any memory operand at [rdi]) on
+    /// the host FPU with the guest's x87/SSE state and `scratch` as its memory operand. Returns
+    /// the resulting FXSAVE image and the host's flags afterwards (for fcomi and friends).
+    fn run_on_host(
+        &self,
+        i: &Instruction,
+        enc: &Instruction,
+        scratch: &mut [u8],
+    ) -> R<([u8; 512], u64)> {
+        let mut e = Encoder::new(64);
+        if e.encode(enc, 0).is_err() {
+            return Err(self.illegal(i));
+        }
+        let bytes = e.take_buffer();
+        let stub = stub_for(&bytes)
+            .ok_or_else(|| Ex::Illegal(Box::new("x87 stub arena unavailable".into())))?;
+        let mut guest = FxArea(self.fx_image());
+        // The host FPU would report the stub's addresses here; the guest gets zeros.
+        guest.0[6..24].fill(0);
+        let mut host = FxArea([0; 512]);
+        let gflags = self.cpu.rflags() & fl::ARITH;
+        // SAFETY: the stub only touches the three buffers passed (512-byte, 16-aligned areas
+        // and `scratch`, which callers make larger than any memory operand of the
+        // instruction) and the FPU/SSE state, which it restores from `host` before returning.
+        let out_flags = unsafe {
+            stub(
+                scratch.as_mut_ptr(),
+                guest.0.as_mut_ptr(),
+                host.0.as_mut_ptr(),
+                gflags | 2,
+            )
+        };
+        Ok((guest.0, out_flags))
+    }
+
     /// The FXSAVE image of the guest's x87 and SSE state.
     /// (Public for the lockstep tester, which mirrors the native FPU state.)
     pub fn fx_image(&self) -> [u8; 512] {
@@ -298,35 +343,9 @@ impl Machine {
                     self.mem.read_bytes(addr, &mut buf[..size])?;
                 }
             }
-            enc.set_memory_base(Register::RDI);
-            enc.set_memory_index(Register::None);
-            enc.set_memory_index_scale(1);
-            enc.set_memory_displacement64(0);
-            enc.set_memory_displ_size(0);
-            enc.set_segment_prefix(Register::None);
+            point_at_scratch(&mut enc);
         }
-        let mut e = Encoder::new(64);
-        if e.encode(&enc, 0).is_err() {
-            return Err(self.illegal(i));
-        }
-        let bytes = e.take_buffer();
-        let stub = stub_for(&bytes)
-            .ok_or_else(|| Ex::Illegal(Box::new("x87 stub arena unavailable".into())))?;
-        let mut guest = FxArea(self.fx_image());
-        guest.0[6..24].fill(0);
-        let mut host = FxArea([0; 512]);
-        let gflags = self.cpu.rflags() & fl::ARITH;
-        // SAFETY: as for x87 instructions: the stub touches only the three buffers (the
-        // scratch buffer is larger than any MMX memory operand) and the FPU/SSE state, which
-        // it restores before returning.
-        unsafe {
-            stub(
-                buf.as_mut_ptr(),
-                guest.0.as_mut_ptr(),
-                host.0.as_mut_ptr(),
-                gflags | 2,
-            );
-        }
+        let (guest, _) = self.run_on_host(i, &enc, &mut buf)?;
         if let Some(r) = gpr_dest {
             let v = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
             self.set_reg(r, v);
@@ -334,7 +353,7 @@ impl Machine {
             self.mem.write_bytes(addr, &buf[..size])?;
         }
         // Conversions between MMX and SSE registers change xmm and MXCSR flags too.
-        self.load_fx_image(&guest.0)
+        self.load_fx_image(&guest)
     }
 
     fn x87(&mut self, i: &Instruction, m: M) -> R<()> {
@@ -369,36 +388,9 @@ impl Machine {
                 self.mem.read_bytes(addr, &mut probe)?;
                 self.mem.write_bytes(addr, &probe)?;
             }
-            enc.set_memory_base(Register::RDI);
-            enc.set_memory_index(Register::None);
-            enc.set_memory_index_scale(1);
-            enc.set_memory_displacement64(0);
-            enc.set_memory_displ_size(0);
-            enc.set_segment_prefix(Register::None);
+            point_at_scratch(&mut enc);
         }
-        let mut e = Encoder::new(64);
-        if e.encode(&enc, 0).is_err() {
-            return Err(self.illegal(i));
-        }
-        let bytes = e.take_buffer();
-        let stub = stub_for(&bytes)
-            .ok_or_else(|| Ex::Illegal(Box::new("x87 stub arena unavailable".into())))?;
-        let mut guest = FxArea(self.fx_image());
-        // The host FPU would report the stub's addresses here; the guest gets zeros.
-        guest.0[6..24].fill(0);
-        let mut host = FxArea([0; 512]);
-        let gflags = self.cpu.rflags() & fl::ARITH;
-        // SAFETY: the stub only touches the three buffers passed (512-byte, 16-aligned areas
-        // and a scratch buffer larger than any x87 memory operand) and the FPU/SSE state,
-        // which it restores from `host` before returning.
-        let out_flags = unsafe {
-            stub(
-                buf.as_mut_ptr(),
-                guest.0.as_mut_ptr(),
-                host.0.as_mut_ptr(),
-                gflags | 2,
-            )
-        };
+        let (guest, out_flags) = self.run_on_host(i, &enc, &mut buf)?;
         if stores_memory(m) && has_mem {
             if matches!(m, M::Fnstenv | M::Fnsave) {
                 buf[12..28].fill(0);
@@ -407,7 +399,7 @@ impl Machine {
         }
         let mxcsr = self.cpu.mxcsr;
         let xmm = self.cpu.xmm;
-        self.load_x87_from(&guest.0);
+        self.load_x87_from(&guest);
         self.cpu.mxcsr = mxcsr;
         self.cpu.xmm = xmm;
         if matches!(m, M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip) {

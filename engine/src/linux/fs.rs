@@ -108,6 +108,19 @@ fn parent(path: &str) -> &str {
     }
 }
 
+/// A directory listing: "." and "..", then `names` (name -> (d_type, inode)) in order.
+fn with_dots(
+    path: &str,
+    names: std::collections::BTreeMap<String, (u8, u64)>,
+) -> Vec<(String, u8, u64)> {
+    let mut v = vec![
+        (".".to_string(), 4, ino_of(path)),
+        ("..".to_string(), 4, ino_of(parent(path))),
+    ];
+    v.extend(names.into_iter().map(|(n, (t, i))| (n, t, i)));
+    v
+}
+
 /// Character devices fx86 provides itself.
 fn device(path: &str) -> Option<(OfdKind, u64)> {
     match path {
@@ -465,12 +478,7 @@ impl Machine {
                 let full = format!("{path}/{n}");
                 names.insert(n, (t, ino_of(&full)));
             }
-            let mut v = vec![
-                (".".to_string(), 4, ino_of(path)),
-                ("..".to_string(), 4, ino_of(parent(path))),
-            ];
-            v.extend(names.into_iter().map(|(n, (t, i))| (n, t, i)));
-            return v;
+            return with_dots(path, names);
         }
         let from_tree_only = matches!(self.kernel.data.get(path), Some(Node::Present { .. }))
             && !self.host_has(path);
@@ -500,12 +508,7 @@ impl Machine {
                 }
             }
         }
-        let mut v = vec![
-            (".".to_string(), 4, ino_of(path)),
-            ("..".to_string(), 4, ino_of(parent(path))),
-        ];
-        v.extend(names.into_iter().map(|(n, (t, i))| (n, t, i)));
-        v
+        with_dots(path, names)
     }
 
     fn ofd_of(&self, fd: u64) -> Option<u64> {
