@@ -264,12 +264,7 @@ impl Machine {
         } else if dirfd == AT_FDCWD || dirfd as i32 == AT_FDCWD as i32 {
             self.kernel.cwd.clone()
         } else {
-            match self
-                .kernel
-                .fds
-                .get(&(dirfd as i32))
-                .and_then(|(id, _)| self.kernel.ofds.get(id))
-            {
+            match self.ofd_at(dirfd as i32) {
                 Some(Ofd {
                     kind: OfdKind::Dir(p, _),
                     ..
@@ -330,6 +325,12 @@ impl Machine {
 
     /// Contents of a regular file, importing it from the host on first use.
     pub(crate) fn file_data(&mut self, path: &str) -> Option<Arc<Vec<u8>>> {
+        self.tree_or_host_file(path, true)
+    }
+
+    /// A regular file from the data tree or, when the tree has nothing at `path`, from the
+    /// host view; `import` keeps the host's copy (and its time) in the tree.
+    fn tree_or_host_file(&mut self, path: &str, import: bool) -> Option<Arc<Vec<u8>>> {
         match self.kernel.data.get(path) {
             Some(Node::Present {
                 kind: FileKind::File,
@@ -343,16 +344,18 @@ impl Machine {
                     return None;
                 }
                 let data = self.host.read_file(path)?;
-                self.kernel.set_mtime(path, st.mtime);
-                self.kernel.data.set(
-                    path,
-                    Node::Present {
-                        kind: FileKind::File,
-                        mode: st.mode,
-                        data: data.clone(),
-                        ino: ino_of(path),
-                    },
-                );
+                if import {
+                    self.kernel.set_mtime(path, st.mtime);
+                    self.kernel.data.set(
+                        path,
+                        Node::Present {
+                            kind: FileKind::File,
+                            mode: st.mode,
+                            data: data.clone(),
+                            ino: ino_of(path),
+                        },
+                    );
+                }
                 Some(data)
             }
         }
@@ -361,8 +364,7 @@ impl Machine {
     /// Target of `/proc/self/fd/N` (`rest` = "fd/N") for an open fd, as Linux names it.
     fn fd_link(&self, rest: &str) -> Option<String> {
         let fd: i32 = rest.strip_prefix("fd/")?.parse().ok()?;
-        let &(id, _) = self.kernel.fds.get(&fd)?;
-        let o = self.kernel.ofds.get(&id)?;
+        let o = self.ofd_at(fd)?;
         Some(match &o.kind {
             OfdKind::File(p) | OfdKind::Dir(p, _) => p.clone(),
             OfdKind::Stdin | OfdKind::Stdout | OfdKind::Stderr if self.kernel.tty => {
@@ -379,8 +381,7 @@ impl Machine {
 
     /// What `fd` is ready for now (poll bits), or None if it is not open.
     fn readiness(&self, fd: i32) -> Option<u16> {
-        let &(id, _) = self.kernel.fds.get(&fd)?;
-        let o = self.kernel.ofds.get(&id)?;
+        let o = self.ofd_at(fd)?;
         Some(match &o.kind {
             OfdKind::Stdin => POLLIN,
             OfdKind::Stdout | OfdKind::Stderr => POLLOUT,
@@ -432,20 +433,7 @@ impl Machine {
         if let Some(d) = self.synthetic_file(&path) {
             return Some(Arc::new(d));
         }
-        match self.kernel.data.get(&path) {
-            Some(Node::Present {
-                kind: FileKind::File,
-                data,
-                ..
-            }) => Some(data.clone()),
-            Some(_) => None,
-            None => {
-                if self.host.lstat(&path)?.kind != FileKind::File {
-                    return None;
-                }
-                self.host.read_file(&path)
-            }
-        }
+        self.tree_or_host_file(&path, false)
     }
 
     fn dir_entries(&mut self, path: &str) -> Vec<(String, u8, u64)> {
@@ -509,6 +497,12 @@ impl Machine {
             }
         }
         with_dots(path, names)
+    }
+
+    /// The open file description behind `fd`.
+    fn ofd_at(&self, fd: i32) -> Option<&Ofd> {
+        let (id, _) = self.kernel.fds.get(&fd)?;
+        self.kernel.ofds.get(id)
     }
 
     fn ofd_of(&self, fd: u64) -> Option<u64> {
@@ -1520,12 +1514,7 @@ impl Machine {
                 // data tree); access times are not tracked.
                 let (dirfd, pa, times, flags) = (a[0] as i32 as i64, a[1], a[2], a[3]);
                 let path = if pa == 0 {
-                    match self
-                        .kernel
-                        .fds
-                        .get(&(dirfd as i32))
-                        .and_then(|(id, _)| self.kernel.ofds.get(id))
-                    {
+                    match self.ofd_at(dirfd as i32) {
                         Some(Ofd {
                             kind: OfdKind::File(p) | OfdKind::Dir(p, _),
                             ..
