@@ -7,6 +7,7 @@ mod recordings;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fx86_engine::host::StdHost;
+use fx86_engine::kvm::NativeVm;
 use fx86_engine::{Config, Machine, StopReason, Timeline};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,6 +21,14 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Which engine executes the guest's instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Interp,
+    Kvm,
+    Auto,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +47,15 @@ enum Cmd {
         /// Memory budget for time-travel snapshots (e.g. 512M, 2G).
         #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
         snapshot_memory: u64,
+        /// How to execute: `interp` (the interpreter), `kvm` (user code runs natively under
+        /// KVM; syscalls, signals and exact positions go through the interpreter) or `auto`
+        /// (kvm when /dev/kvm is usable).
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+        /// With --backend kvm: replay every native stretch in the interpreter at once and
+        /// stop if the two backends disagree about the state at its end (slow; for testing).
+        #[arg(long)]
+        cross_check: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
@@ -263,6 +281,80 @@ fn run(
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} snapshots={snaps} snapshot_bytes={bytes}",
             hash.to_hex()
+        );
+    }
+    code
+}
+
+/// The KVM VM for `--backend kvm|auto`, or None for the interpreter. `Err` is the exit status
+/// after a one-line explanation (kvm asked for and not usable).
+pub fn open_backend(backend: Backend) -> std::result::Result<Option<NativeVm>, i32> {
+    match backend {
+        Backend::Interp => Ok(None),
+        Backend::Kvm => NativeVm::new().map(Some).map_err(|e| {
+            eprintln!("fx86: --backend kvm is not available: {e}");
+            2
+        }),
+        Backend::Auto => match NativeVm::new() {
+            Ok(vm) => {
+                eprintln!("fx86: backend: kvm (/dev/kvm is usable)");
+                Ok(Some(vm))
+            }
+            Err(e) => {
+                eprintln!("fx86: backend: interp ({e})");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// `run` on the KVM backend: the guest runs natively between syscalls; its icount is learned
+/// (by replaying in the interpreter) only if something needs it.
+fn run_native(
+    mut vm: NativeVm,
+    stats: bool,
+    max_insns: Option<u64>,
+    seed: u64,
+    prog: &[String],
+) -> i32 {
+    if max_insns.is_some() {
+        eprintln!("fx86: --max-insns needs exact positions while running; use --backend interp");
+        return 2;
+    }
+    let mut m = match load_or_report(prog, seed, StdHost::default()) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let start = Instant::now();
+    let stop = match vm.run(&mut m) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fx86: kvm backend failed: {e}");
+            return 70;
+        }
+    };
+    let wall = start.elapsed().as_secs_f64();
+    // Saying where a crash happened needs the exact icount.
+    if stats || !matches!(stop, StopReason::Exited(_)) {
+        m.settle();
+    }
+    let settle = start.elapsed().as_secs_f64() - wall;
+    let icount = m.icount;
+    let code = report(&stop, icount);
+    if stats {
+        let mips = icount as f64 / wall.max(1e-9) / 1e6;
+        let hash = m.state_hash();
+        let s = vm.stats;
+        eprintln!(
+            "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
+             settle={settle:.3} syscalls={} exceptions={} interpreted={} page_faults={} dirty_pages={} replays={}",
+            hash.to_hex(),
+            s.syscalls,
+            s.exceptions,
+            s.interpreted,
+            s.page_faults,
+            s.dirty_pages,
+            m.native_replays
         );
     }
     code
@@ -585,8 +677,17 @@ fn main() -> Result<()> {
             max_insns,
             seed,
             snapshot_memory,
+            backend,
+            cross_check,
             prog,
-        } => run(stats, max_insns, seed, snapshot_memory, &prog),
+        } => match open_backend(backend) {
+            Ok(None) => run(stats, max_insns, seed, snapshot_memory, &prog),
+            Ok(Some(mut vm)) => {
+                vm.cross_check = cross_check;
+                run_native(vm, stats, max_insns, seed, &prog)
+            }
+            Err(code) => code,
+        },
         Cmd::Lockstep {
             max_insns,
             progress,

@@ -159,6 +159,10 @@ impl Host for FailingHost {
     fn list_dir(&mut self, path: &str) -> Option<Vec<(String, fx86_snapshots::FileKind)>> {
         self.inner.list_dir(path)
     }
+    fn needs_icount(&self) -> bool {
+        true
+    }
+
     fn at_icount(&mut self, icount: u64) {
         if icount >= self.at {
             panic!("injected failure at icount {icount} (--inject-failure-at)");

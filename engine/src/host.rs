@@ -34,6 +34,11 @@ pub trait Host: Send {
     fn list_dir(&mut self, path: &str) -> Option<Vec<(String, FileKind)>>;
     /// Told the icount of each syscall before it runs (replaying hosts key their logs on it).
     fn at_icount(&mut self, _icount: u64) {}
+    /// Whether `at_icount` and `event` need exact icounts (a run on the KVM backend then
+    /// settles its native stretches at every syscall).
+    fn needs_icount(&self) -> bool {
+        false
+    }
     /// Told of each guest event (syscall, signal) as it happens, for timelines to mark.
     fn event(&mut self, _ev: GuestEvent) {}
 }

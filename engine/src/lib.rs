@@ -15,6 +15,7 @@ pub mod cpuid;
 pub mod elf;
 mod exec;
 pub mod host;
+pub mod kvm;
 pub mod linux;
 pub mod machine;
 pub mod mem;

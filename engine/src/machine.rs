@@ -155,6 +155,20 @@ pub struct Machine {
     pub(crate) flush_blocks: bool,
     /// Breakpoint addresses (debugger state, not guest state).
     breakpoints: std::collections::BTreeSet<u64>,
+    /// Replaying a native stretch: stop before a syscall, `rdtsc` or exception (and set
+    /// `paused`) instead of executing or delivering it.
+    pub(crate) pause_at_events: bool,
+    pub(crate) paused: bool,
+    /// Replaying a native stretch: pages it could not execute natively (pause on reaching
+    /// an instruction that touches one).
+    pub(crate) pause_pages: Option<Arc<std::collections::BTreeSet<u64>>>,
+    /// The machine that replays native stretches (kept for its decoded blocks).
+    pub(crate) replayer: Option<Box<Machine>>,
+    /// Native stretches (KVM backend) whose instruction counts are not known yet: while this
+    /// is set, `icount` is not the guest's position; `now()` settles it.
+    pub(crate) unsettled: Option<Box<crate::kvm::Unsettled>>,
+    /// Native stretches replayed so far to learn their lengths.
+    pub native_replays: u64,
 }
 
 /// Most changed pages per snapshot that are checked for duplicates.
@@ -267,6 +281,12 @@ impl Machine {
             ended: None,
             flush_blocks: false,
             breakpoints: Default::default(),
+            pause_at_events: false,
+            paused: false,
+            pause_pages: None,
+            replayer: None,
+            unsettled: None,
+            native_replays: 0,
         }
     }
 
@@ -473,6 +493,11 @@ impl Machine {
             self.icount
         };
         let bps = !self.breakpoints.is_empty();
+        let pause_pages = if self.pause_at_events {
+            self.pause_pages.clone()
+        } else {
+            None
+        };
         self.mem.watch_hit = None;
         loop {
             if self.icount >= limit {
@@ -508,6 +533,13 @@ impl Machine {
                 }
                 if bps && self.icount != start && self.breakpoints.contains(&self.cpu.rip) {
                     return StopReason::Breakpoint(self.cpu.rip);
+                }
+                if let Some(pages) = &pause_pages {
+                    let rip = self.cpu.rip;
+                    if pages.contains(&(rip >> 12)) || pages.contains(&((op.next - 1) >> 12)) {
+                        self.paused = true;
+                        return StopReason::Limit;
+                    }
                 }
                 match self.exec(op, budget) {
                     Ok(n) => {
@@ -548,6 +580,10 @@ impl Machine {
         if e == Ex::Stop {
             return self.ended.clone();
         }
+        if self.pause_at_events {
+            self.paused = true;
+            return Some(StopReason::Limit);
+        }
         let stop = self.deliver_exception(e);
         if let Some(s) = &stop {
             self.ended = Some(s.clone());
@@ -556,8 +592,38 @@ impl Machine {
     }
 
     /// The time stamp counter: the virtual clock in cycles.
-    pub fn tsc(&self) -> u64 {
+    pub fn tsc(&mut self) -> u64 {
+        self.now()
+    }
+
+    /// The exact icount, settling native stretches first if there are any (the virtual clock
+    /// and recordings need it).
+    pub fn now(&mut self) -> u64 {
+        if self.unsettled.is_some() {
+            self.settle();
+        }
         self.icount
+    }
+
+    /// Executes exactly one instruction in the interpreter (also a syscall or a faulting
+    /// instruction, with its signal), after dropping decoded code that native execution may
+    /// have overwritten.
+    pub(crate) fn step_one(&mut self) -> StopReason {
+        self.interpret(self.icount + 1)
+    }
+
+    /// `run_continuing` after dropping decoded code that native execution may have
+    /// overwritten.
+    pub(crate) fn interpret(&mut self, limit: u64) -> StopReason {
+        self.sync_code();
+        self.run_inner(limit, true)
+    }
+
+    pub(crate) fn from_snapshot(s: &Snapshot, host: Box<dyn Host>) -> Machine {
+        let mut m = Machine::from_parts(s.cpu.clone(), s.mem.clone(), s.kernel.clone(), host);
+        m.icount = s.icount;
+        m.ended = s.ended.clone();
+        m
     }
 
     /// blake3 over registers, memory, kernel state and the data tree.

@@ -451,6 +451,23 @@ impl Memory {
         Ok(n)
     }
 
+    /// Stores a whole page that was written outside the interpreter (by native execution
+    /// under KVM): cached translations of it are dropped and decoded code on it is invalidated.
+    pub fn put_page(&mut self, pn: u64, data: &[u8; PAGE_SIZE]) {
+        self.pages.get_mut(pn).data_mut().copy_from_slice(data);
+        let i = pn as usize % TLB_SIZE;
+        if self.tlb.rtag[i] == pn {
+            self.tlb.rtag[i] = NO_TAG;
+        }
+        if self.tlb.wtag[i] == pn {
+            self.tlb.wtag[i] = NO_TAG;
+        }
+        if self.code_pages.remove(&pn) {
+            self.dirty_code.push(pn);
+            self.attention = true;
+        }
+    }
+
     /// Notes that `pn` holds decoded code, so writes to it must invalidate blocks.
     pub fn mark_code(&mut self, pn: u64) {
         if self.code_pages.insert(pn) {

@@ -125,6 +125,10 @@ impl Host for RecordingHost {
             _ => None,
         }
     }
+    fn needs_icount(&self) -> bool {
+        true
+    }
+
     fn at_icount(&mut self, icount: u64) {
         self.icount = icount;
         self.inner.at_icount(icount);
@@ -225,6 +229,10 @@ impl Host for PlaybackHost {
             _ => None,
         }
     }
+    fn needs_icount(&self) -> bool {
+        true
+    }
+
     fn at_icount(&mut self, icount: u64) {
         self.icount = icount;
         self.out.at_icount(icount);

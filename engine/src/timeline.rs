@@ -152,6 +152,10 @@ impl Host for ReplayHost {
         self.view.dir.insert(path.to_string(), a.clone());
         a
     }
+    fn needs_icount(&self) -> bool {
+        true
+    }
+
     fn at_icount(&mut self, icount: u64) {
         self.icount = icount;
     }

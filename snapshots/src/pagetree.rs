@@ -362,6 +362,66 @@ impl PageTree {
     }
 
     /// Number of pages present.
+    /// Like `changed_since`, but also reports pages that `base` has and this tree no longer
+    /// has (with `None`): everything a mirror of `base` must change to become this tree.
+    pub fn diff_since(&self, base: &PageTree, mut f: impl FnMut(u64, Option<&Arc<Page>>)) {
+        /// Reports every page under `n`: as it is (`keep`) or as gone.
+        fn each(n: &Arc<Node>, pos: u64, keep: bool, f: &mut dyn FnMut(u64, Option<&Arc<Page>>)) {
+            match &n.kids {
+                Kids::Inner(k) => {
+                    for (i, kid) in k.iter().enumerate() {
+                        if let Some(kid) = kid {
+                            each(kid, (pos << 9) | i as u64, keep, f);
+                        }
+                    }
+                }
+                Kids::Leaf(pages) => {
+                    for (i, p) in pages.iter().enumerate() {
+                        if let Some(p) = p {
+                            f((pos << 9) | i as u64, keep.then_some(p));
+                        }
+                    }
+                }
+            }
+        }
+        fn walk(
+            a: &Arc<Node>,
+            b: &Arc<Node>,
+            pos: u64,
+            f: &mut dyn FnMut(u64, Option<&Arc<Page>>),
+        ) {
+            if Arc::ptr_eq(a, b) {
+                return;
+            }
+            match (&a.kids, &b.kids) {
+                (Kids::Inner(ak), Kids::Inner(bk)) => {
+                    for i in 0..FANOUT {
+                        let p = (pos << 9) | i as u64;
+                        match (&ak[i], &bk[i]) {
+                            (Some(x), Some(y)) => walk(x, y, p, f),
+                            (Some(x), None) => each(x, p, true, f),
+                            (None, Some(y)) => each(y, p, false, f),
+                            (None, None) => {}
+                        }
+                    }
+                }
+                (Kids::Leaf(ap), Kids::Leaf(bp)) => {
+                    for i in 0..FANOUT {
+                        let pn = (pos << 9) | i as u64;
+                        match (&ap[i], &bp[i]) {
+                            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => {}
+                            (Some(x), _) => f(pn, Some(x)),
+                            (None, Some(_)) => f(pn, None),
+                            (None, None) => {}
+                        }
+                    }
+                }
+                _ => unreachable!("nodes at the same position have the same level"),
+            }
+        }
+        walk(&self.root, &base.root, 0, &mut f);
+    }
+
     pub fn page_count(&self) -> usize {
         let mut n = 0;
         self.for_each_in(0, u64::MAX, |_, _| n += 1);
@@ -439,6 +499,32 @@ mod tests {
         let mut seen = Vec::new();
         a.changed_since(&base, |pn, _| seen.push(pn));
         assert_eq!(seen, vec![5, 1500, 1 << 25]);
+    }
+
+    #[test]
+    fn diff_since_reports_writes_and_removals() {
+        let mut a = PageTree::new();
+        for pn in 0..1500u64 {
+            a.get_mut(pn).data_mut()[0] = 1;
+        }
+        a.get_mut(1 << 30).data_mut()[0] = 1;
+        let base = a.clone();
+        a.get_mut(7).data_mut()[0] = 2;
+        a.remove_range(600, 1100);
+        a.remove_range(1 << 30, (1 << 30) + 1);
+        a.get_mut(1 << 20).data_mut()[0] = 3;
+        let mut written = Vec::new();
+        let mut gone = Vec::new();
+        a.diff_since(&base, |pn, p| match p {
+            Some(_) => written.push(pn),
+            None => gone.push(pn),
+        });
+        written.sort();
+        gone.sort();
+        assert_eq!(written, vec![7, 1 << 20]);
+        let mut want: Vec<u64> = (600..1100).collect();
+        want.push(1 << 30);
+        assert_eq!(gone, want);
     }
 
     #[test]

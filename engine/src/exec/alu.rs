@@ -129,11 +129,7 @@ impl Machine {
                 let res = (p as u64) & mask(bits);
                 let ovf = sext(res, bits) as i64 as i128 != p;
                 self.set_reg(i.op0_register(), res);
-                let mut f = szp(res, bits);
-                if ovf {
-                    f |= fl::CF | fl::OF;
-                }
-                self.cpu.set_arith_flags(f);
+                self.set_mul_flags(ovf);
                 Ok(())
             }
             M::Div | M::Idiv => self.div(i, m == M::Idiv),
@@ -440,6 +436,9 @@ impl Machine {
             M::Rcl => {
                 let c = cnt % (bits + 1);
                 if c == 0 {
+                    // OF as for a full rotation (undefined; AMD Zen's value).
+                    self.cpu
+                        .set_rflags((f0 & !fl::OF) | if msb(a) ^ cf_in { fl::OF } else { 0 });
                     return self.wr(i, 0, bits, a);
                 }
                 // Rotate the (bits+1)-bit value CF:a left by c.
@@ -453,6 +452,9 @@ impl Machine {
             _ => {
                 let c = cnt % (bits + 1);
                 if c == 0 {
+                    let of = msb(a) ^ ((a >> (bits - 2)) & 1 != 0);
+                    self.cpu
+                        .set_rflags((f0 & !fl::OF) | if of { fl::OF } else { 0 });
                     return self.wr(i, 0, bits, a);
                 }
                 let wide = ((cf_in as u128) << bits) | a as u128;
@@ -468,8 +470,9 @@ impl Machine {
         if rotate {
             f &= !(fl::CF | fl::OF);
         } else {
+            // AF is undefined after a shift; AMD Zen sets it (see `set_mul_flags`).
             f &= !fl::ARITH;
-            f |= szp(res, bits);
+            f |= szp(res, bits) | fl::AF;
         }
         if cf {
             f |= fl::CF;
@@ -521,11 +524,19 @@ impl Machine {
         };
         self.wr(i, 0, bits, res)?;
         let mut f = self.cpu.rflags() & !fl::ARITH;
-        f |= szp(res, bits);
+        f |= szp(res, bits) | fl::AF;
         if cf {
             f |= fl::CF;
         }
-        if ((res ^ a) >> (bits - 1)) & 1 != 0 {
+        // OF is defined for a count of 1 only; for larger counts this is AMD Zen's value
+        // (which agrees with the definition at 1).
+        let msb = (res >> (bits - 1)) & 1 != 0;
+        let of = if m == M::Shld {
+            msb ^ cf
+        } else {
+            msb ^ ((res >> (bits - 2)) & 1 != 0)
+        };
+        if of {
             f |= fl::OF;
         }
         self.cpu.set_rflags(f);
@@ -562,11 +573,7 @@ impl Machine {
                 self.cpu.gpr[RDX] = hi;
             }
         }
-        let mut f = szp(lo, bits);
-        if ovf {
-            f |= fl::CF | fl::OF;
-        }
-        self.cpu.set_arith_flags(f);
+        self.set_mul_flags(ovf);
         Ok(())
     }
 
@@ -613,7 +620,18 @@ impl Machine {
                 self.cpu.gpr[RDX] = r;
             }
         }
+        // All six flags are undefined; AMD Zen leaves AF set and the others clear.
+        self.cpu.set_arith_flags(fl::AF);
         Ok(())
+    }
+
+    /// Flags after MUL/IMUL: CF and OF say whether the result overflowed. SF, ZF, AF and PF
+    /// are undefined; fx86 keeps them as they were, as AMD Zen does, so that native
+    /// execution under KVM on this machine agrees bit for bit with the interpreter.
+    pub(crate) fn set_mul_flags(&mut self, ovf: bool) {
+        let keep = self.cpu.rflags() & (fl::SF | fl::ZF | fl::AF | fl::PF);
+        self.cpu
+            .set_arith_flags(keep | if ovf { fl::CF | fl::OF } else { 0 });
     }
 
     fn bit_test(&mut self, i: &Instruction, m: M) -> R<()> {

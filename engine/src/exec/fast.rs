@@ -129,7 +129,8 @@ pub(crate) fn shift_value(k: ShiftOp, a: u64, cnt: u32, bits: u32) -> (u64, bool
         ShiftOp::Shr => {
             let res = if cnt >= bits { 0 } else { a >> cnt };
             let cf = cnt <= bits && (a >> (cnt - 1)) & 1 != 0;
-            (res, cf, msb(a))
+            // Defined for a count of 1 (the old sign); AMD Zen's rule, which agrees there.
+            (res, cf, msb(res) ^ ((res >> (bits - 2)) & 1 != 0))
         }
         ShiftOp::Sar => {
             let s = super::sext(a, bits) as i64;
@@ -262,7 +263,7 @@ impl Machine {
         }
         let (res, cf, of) = shift_value(k, a, cnt, bits);
         self.wr_fast(op.a, &op.m, bits, res)?;
-        let mut f = self.cpu.non_arith_flags() | super::alu::szp(res, bits);
+        let mut f = self.cpu.non_arith_flags() | super::alu::szp(res, bits) | fl::AF;
         if cf {
             f |= fl::CF;
         }
@@ -277,7 +278,6 @@ impl Machine {
     #[inline(always)]
     pub(crate) fn imul_fast(&mut self, op: &super::Op) -> R<()> {
         use super::sext;
-        use crate::cpu::fl;
         let bits = op.bits as u32;
         let (a, b) = if op.ins.op_count() == 3 {
             (self.rd_fast(op.b, &op.m, bits)?, op.imm2)
@@ -291,11 +291,7 @@ impl Machine {
         let res = (p as u64) & mask(bits);
         let ovf = sext(res, bits) as i64 as i128 != p;
         self.wr_fast(op.a, &op.m, bits, res)?;
-        let mut f = super::alu::szp(res, bits);
-        if ovf {
-            f |= fl::CF | fl::OF;
-        }
-        self.cpu.set_arith_flags(f);
+        self.set_mul_flags(ovf);
         Ok(())
     }
 

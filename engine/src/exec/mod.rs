@@ -42,6 +42,9 @@ pub enum Ex {
     X87Fp,
     /// The guest asked to stop (exit, or a syscall that ended the run).
     Stop,
+    /// A machine replaying a native stretch reached the event that ended it (a syscall or
+    /// `rdtsc`), which it must not execute itself.
+    Pause,
 }
 
 impl From<Fault> for Ex {

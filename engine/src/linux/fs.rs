@@ -693,7 +693,7 @@ impl Machine {
 
     /// Replaces a file's contents in the data tree (creating it with `mode` if given).
     /// The guest's wall clock, as a file time.
-    fn now_mtime(&self) -> (i64, u32) {
+    fn now_mtime(&mut self) -> (i64, u32) {
         let ns = self.clock_ns(0);
         ((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32)
     }
@@ -1073,7 +1073,7 @@ impl Machine {
             }
             22 | 293 => {
                 let flags = if nr == 293 { a[1] as i32 } else { 0 };
-                let n = self.kernel.ofds.len() as u64 + self.icount;
+                let n = self.kernel.next_ofd;
                 let r = self
                     .kernel
                     .new_ofd(Ofd::new(OfdKind::PipeRead(n), flags & !O_ACCMODE));

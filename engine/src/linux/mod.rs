@@ -247,8 +247,8 @@ impl Machine {
     }
 
     /// The virtual clock in nanoseconds since icount 0.
-    pub fn virtual_ns(&self) -> u64 {
-        self.icount + self.kernel.slept_ns
+    pub fn virtual_ns(&mut self) -> u64 {
+        self.now() + self.kernel.slept_ns
     }
 
     fn put_timespec(&mut self, addr: u64, ns: u64) -> R<()> {
@@ -274,9 +274,14 @@ impl Machine {
     /// Executes the syscall in RAX; the result goes to RAX. `Err(Ex::Stop)` ends the run.
     pub(crate) fn syscall(&mut self) -> R<()> {
         let nr = self.cpu.gpr[RAX];
-        self.host.at_icount(self.icount);
+        let icount = if self.host.needs_icount() {
+            self.now()
+        } else {
+            self.icount
+        };
+        self.host.at_icount(icount);
         self.host.event(crate::host::GuestEvent {
-            icount: self.icount,
+            icount,
             kind: crate::host::EventKind::Syscall(nr),
         });
         let r = self.syscall_inner(nr);
@@ -612,10 +617,10 @@ impl Machine {
         })
     }
 
-    fn clock_ns(&self, clk: i32) -> u64 {
+    fn clock_ns(&mut self, clk: i32) -> u64 {
         match clk {
             0 | 5 | 8 | 11 => EPOCH_NS + self.virtual_ns(), // REALTIME, *_COARSE, *_ALARM, TAI
-            2 | 3 => self.icount,                           // process/thread CPU time
+            2 | 3 => self.now(),                            // process/thread CPU time
             _ => 1_000_000_000 + self.virtual_ns(),         // MONOTONIC, RAW, BOOTTIME
         }
     }

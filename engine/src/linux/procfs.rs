@@ -90,7 +90,7 @@ pub fn cpuinfo() -> String {
 
 impl Machine {
     /// Contents of a synthetic file at the moment it is opened.
-    pub(crate) fn synthetic_file(&self, path: &str) -> Option<Vec<u8>> {
+    pub(crate) fn synthetic_file(&mut self, path: &str) -> Option<Vec<u8>> {
         let k = &self.kernel;
         let comm = {
             let argv0 = k.cmdline.split(|&b| b == 0).next().unwrap_or_default();
@@ -124,7 +124,7 @@ impl Machine {
                 "{GUEST_PID} ({comm}) R {} {GUEST_PID} {GUEST_PID} 0 -1 4194304 0 0 0 0 {} 0 0 0 20 0 1 0 0 {} 0 \
                  18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n",
                 GUEST_PID - 1,
-                self.icount / 10_000_000,
+                self.now() / 10_000_000,
                 self.mem.vmas.iter().map(|(s, v)| v.end - s).sum::<u64>()
             )
             .into_bytes(),

@@ -208,7 +208,7 @@ impl Machine {
                 msg: format!("SIGFPE: x87 floating-point exception at {rip:#x}"),
                 forced: true,
             },
-            Ex::Stop => return self.ended.clone(),
+            Ex::Stop | Ex::Pause => return self.ended.clone(),
         };
         self.deliver(info)
     }
@@ -226,8 +226,13 @@ impl Machine {
 
     fn deliver(&mut self, info: SigInfo) -> Option<StopReason> {
         let sig = info.sig;
+        let icount = if self.host.needs_icount() {
+            self.now()
+        } else {
+            self.icount
+        };
         self.host.event(crate::host::GuestEvent {
-            icount: self.icount,
+            icount,
             kind: crate::host::EventKind::Signal(sig),
         });
         let act = self.kernel.sigactions[sig as usize];
