@@ -221,6 +221,11 @@ pub struct NativeVm {
     /// differ from the model (`cpuid`, `xgetbv`, XSAVE, `rdrand`), and writable code: mapped
     /// non-executable, so that the interpreter runs them.
     interp_pages: Arc<BTreeSet<u64>>,
+    /// Executable pages whose model-specific instructions were found by decoding (see
+    /// `classify_page`) and are patched to `ud2` in the frame, so the page runs natively.
+    patched: BTreeMap<u64, Vec<u16>>,
+    /// Seeds tried for pages that could not be classified yet (retry when there are more).
+    tried: BTreeMap<u64, usize>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
@@ -460,6 +465,8 @@ impl NativeVm {
             flush: false,
             last_fault: (u64::MAX, 0),
             interp_pages: Arc::new(BTreeSet::new()),
+            patched: BTreeMap::new(),
+            tried: BTreeMap::new(),
             cross_check: false,
             stats: NativeStats::default(),
         };
@@ -645,7 +652,8 @@ impl NativeVm {
 
     /// Makes `cpuid` and `rdtsc` fault in this thread (and so in the guest, on hosts that
     /// run it in the thread's context, as PVM does), or stops that. Either may be
-    /// unsupported: `cpuid` is also kept away from native execution by `needs_interpreter`.
+    /// unsupported: such instructions are also kept away from native execution by
+    /// `classify_page`.
     fn trap_cpuid_and_tsc(on: bool) {
         const ARCH_SET_CPUID: libc::c_int = 0x1012;
         // SAFETY: plain syscalls on the calling thread's own settings. Nothing in this thread
@@ -709,6 +717,7 @@ impl NativeVm {
     }
 
     fn free_frame(&mut self, pn: u64) {
+        self.patched.remove(&pn);
         if let Some(f) = self.frame_of.remove(&pn) {
             let c = (f / FRAMES_PER_CHUNK) as usize;
             self.chunks[c].discard((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64, PAGE_SIZE as u64);
@@ -748,7 +757,7 @@ impl NativeVm {
             v |= PTE_RW;
         }
         let exec =
-            prot & PROT_EXEC != 0 && prot & PROT_WRITE == 0 && !needs_interpreter(self.frame(f));
+            prot & PROT_EXEC != 0 && prot & PROT_WRITE == 0 && self.patched.contains_key(&pn);
         if exec {
             if self.interp_pages.contains(&pn) {
                 Arc::make_mut(&mut self.interp_pages).remove(&pn);
@@ -821,6 +830,54 @@ impl NativeVm {
         Ok(true)
     }
 
+    /// Lets an interpreted code page run natively once decoding from the instructions the
+    /// interpreter executed there accounts for every byte pattern that could be a
+    /// model-specific instruction: the real ones are patched to `ud2` in the frame (the
+    /// engine's copy keeps the original bytes), so they leave the VM and are interpreted.
+    fn try_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
+        let Some(&f) = self.frame_of.get(&pn) else {
+            return Ok(());
+        };
+        if !self.interp_pages.contains(&pn) || self.patched.contains_key(&pn) {
+            return Ok(());
+        }
+        let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
+        if prot & PROT_EXEC == 0 || prot & PROT_WRITE != 0 {
+            return Ok(());
+        }
+        let seeds = m.block_starts_on(pn);
+        if self.tried.get(&pn).is_some_and(|&n| n >= seeds.len()) {
+            return Ok(());
+        }
+        self.tried.insert(pn, seeds.len());
+        let mut bytes = vec![0u8; PAGE_SIZE + 15];
+        bytes[..PAGE_SIZE].copy_from_slice(self.frame(f));
+        let next = (pn + 1) << 12;
+        let next_exec = m
+            .mem
+            .vma_at(next)
+            .is_some_and(|(_, v)| v.prot & PROT_EXEC != 0);
+        let avail = if next_exec {
+            if let Some(p) = m.mem.pages.get(pn + 1) {
+                bytes[PAGE_SIZE..].copy_from_slice(&p.data()[..15]);
+            }
+            PAGE_SIZE + 15
+        } else {
+            PAGE_SIZE
+        };
+        let Some(sites) = classify_page(&bytes[..avail], pn << 12, &seeds) else {
+            return Ok(());
+        };
+        for &o in &sites {
+            let frame = self.frame_mut(f);
+            frame[o as usize] = 0x0f;
+            frame[o as usize + 1] = 0x0b;
+        }
+        self.patched.insert(pn, sites);
+        self.tried.remove(&pn);
+        self.set_pte(pn, f, prot)
+    }
+
     // ---- moving state between the engine and the VM ----
 
     /// Makes the VM reflect the engine: mappings, pages changed by the interpreter, registers.
@@ -843,6 +900,7 @@ impl NativeVm {
         for (pn, page) in changed {
             match (self.frame_of.get(&pn).copied(), page) {
                 (Some(f), Some(p)) => {
+                    self.patched.remove(&pn);
                     self.frame_mut(f).copy_from_slice(p.data());
                     let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
                     if prot & PROT_EXEC != 0 {
@@ -850,7 +908,10 @@ impl NativeVm {
                         self.flush = true;
                     }
                 }
-                (Some(f), None) => self.frame_mut(f).fill(0),
+                (Some(f), None) => {
+                    self.patched.remove(&pn);
+                    self.frame_mut(f).fill(0)
+                }
                 (None, Some(p)) => {
                     let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
                     if prot != 0 {
@@ -1106,18 +1167,27 @@ impl NativeVm {
             if self.cross_check {
                 m.try_settle(Some(syscall))?;
             }
+            let entry_page = m.cpu.rip >> 12;
             let stop = if interpret {
-                // Run the pages that must be interpreted, until execution leaves them.
+                // Run the pages that must be interpreted, until execution leaves them or
+                // decoding shows that the page can run natively after all.
                 loop {
-                    let stop = m.interpret(m.icount + 64);
-                    if stop != StopReason::Limit || !self.interp_pages.contains(&(m.cpu.rip >> 12))
-                    {
+                    let stop = m.interpret(m.icount + 256);
+                    let pn = m.cpu.rip >> 12;
+                    if stop != StopReason::Limit || !self.interp_pages.contains(&pn) {
+                        break stop;
+                    }
+                    self.try_native(m, pn)?;
+                    if !self.interp_pages.contains(&pn) {
                         break stop;
                     }
                 }
             } else {
                 m.step_one()
             };
+            if interpret {
+                self.try_native(m, entry_page)?;
+            }
             if let Some(u) = m.unsettled.as_mut() {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
                 s.after = m.icount - took_over;
@@ -1131,29 +1201,146 @@ impl NativeVm {
     }
 }
 
-/// True if `page` may hold an instruction that must not run natively because the hardware
-/// would answer differently from the model: `cpuid` (0F A2), `xgetbv`/`rdtscp` (0F 01 D0/F9),
-/// XSAVE-family (0F AE /4-/6, 0F C7 /3-/5 with memory) and `rdrand`/`rdseed` (0F C7 /6-/7
-/// with a register). Byte patterns are searched at every offset, so data that merely looks
-/// like one only costs speed. A 0F in the last bytes may start one on the next page.
-fn needs_interpreter(page: &[u8; PAGE_SIZE]) -> bool {
-    let n = PAGE_SIZE;
-    if page[n - 2..].contains(&0x0f) {
+/// True if the hardware may execute `ins` differently from the model, so it must not run
+/// natively: `cpuid`, `xgetbv`, `rdtsc`, XSAVE state and random numbers answer from the
+/// model, and anything outside the model's features (AVX, SSE3+, BMI, ...) must raise SIGILL
+/// exactly as the interpreter does, while the host CPU would simply execute it.
+pub(crate) fn model_specific(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::{CpuidFeature as F, EncodingKind, Mnemonic as M};
+    if matches!(
+        ins.mnemonic(),
+        M::Cpuid
+            | M::Xgetbv
+            | M::Rdtsc
+            | M::Rdtscp
+            | M::Xsave
+            | M::Xsave64
+            | M::Xrstor
+            | M::Xrstor64
+            | M::Xsaveopt
+            | M::Xsaveopt64
+            | M::Xsavec
+            | M::Xsavec64
+            | M::Xsaves
+            | M::Xsaves64
+            | M::Xrstors
+            | M::Xrstors64
+            | M::Rdrand
+            | M::Rdseed
+    ) || ins.encoding() != EncodingKind::Legacy
+    {
         return true;
     }
-    page.windows(3).any(|w| {
-        if w[0] != 0x0f {
-            return false;
-        }
-        let (modrm_mem, reg) = (w[2] >> 6 != 3, (w[2] >> 3) & 7);
-        match w[1] {
-            0xa2 => true,
-            0x01 => matches!(w[2], 0xd0 | 0xf9),
-            0xae => modrm_mem && (4..=6).contains(&reg),
-            0xc7 => (modrm_mem && (3..=5).contains(&reg)) || (!modrm_mem && reg >= 6),
-            _ => false,
-        }
+    !ins.cpuid_features().iter().all(|f| {
+        matches!(
+            f,
+            F::INTEL8086
+                | F::INTEL186
+                | F::INTEL286
+                | F::INTEL386
+                | F::INTEL486
+                | F::X64
+                | F::CMOV
+                | F::CX8
+                | F::CMPXCHG16B
+                | F::FPU
+                | F::FPU287
+                | F::FPU387
+                | F::MMX
+                | F::SSE
+                | F::SSE2
+                | F::FXSR
+                | F::POPCNT
+                | F::SYSCALL
+                | F::MULTIBYTENOP
+                | F::PAUSE
+                | F::CLFSH
+                | F::CET_IBT
+        )
     })
+}
+
+/// Disassembles the code page at `base` (`bytes` may run up to 15 bytes into the next page):
+/// from `seeds`, instructions the interpreter executed there, it follows direct branches
+/// within the page and sweeps linearly onwards (also past returns and jumps, into the next
+/// function as compilers lay them out); the bytes before the first known instruction are
+/// decoded from whichever of the first 16 offsets lands exactly on it. Succeeds only if
+/// every candidate byte pattern then lies inside a decoded instruction or starts one, and no
+/// two decodings overlap; returns the offsets of the model-specific instructions found.
+fn classify_page(bytes: &[u8], base: u64, seeds: &[u64]) -> Option<Vec<u16>> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
+    if bytes.len() < PAGE_SIZE || seeds.is_empty() {
+        return None;
+    }
+    let decode = |off: usize| -> Option<Instruction> {
+        let mut d = Decoder::with_ip(64, &bytes[off..], base + off as u64, DecoderOptions::NONE);
+        let ins = d.decode();
+        (!ins.is_invalid()).then_some(ins)
+    };
+    let mut start = vec![false; PAGE_SIZE];
+    let mut inside = vec![false; PAGE_SIZE];
+    let mut sites = Vec::new();
+    let mut work: Vec<usize> = seeds.iter().map(|a| (a - base) as usize).collect();
+    let in_page = |t: u64| (t >> 12 == base >> 12).then_some((t - base) as usize);
+    while let Some(off) = work.pop() {
+        if off >= PAGE_SIZE || start[off] {
+            continue;
+        }
+        if inside[off] {
+            return None;
+        }
+        let ins = decode(off)?;
+        let end = off + ins.len();
+        start[off] = true;
+        for k in off + 1..end.min(PAGE_SIZE) {
+            if start[k] {
+                return None;
+            }
+            inside[k] = true;
+        }
+        if model_specific(&ins) {
+            // The `ud2` that replaces it must fit in the page.
+            if ins.len() < 2 || off + 2 > PAGE_SIZE {
+                return None;
+            }
+            sites.push(off as u16);
+        }
+        work.push(end);
+        if matches!(
+            ins.flow_control(),
+            FlowControl::ConditionalBranch | FlowControl::Call | FlowControl::UnconditionalBranch
+        ) {
+            work.extend(in_page(ins.near_branch_target()));
+        }
+    }
+    // The bytes before the first known instruction.
+    let first = start.iter().position(|&b| b).unwrap_or(PAGE_SIZE);
+    if first > 0 {
+        let lead = (0..16.min(first)).find_map(|s0| {
+            let mut v = Vec::new();
+            let mut off = s0;
+            while off < first {
+                let ins = decode(off)?;
+                v.push((off, ins));
+                off += ins.len();
+            }
+            (off == first).then_some(v)
+        })?;
+        for (off, ins) in lead {
+            start[off] = true;
+            inside[off + 1..off + ins.len()].fill(true);
+            // These bytes may be the tail of an instruction that starts on the page before:
+            // never patch them.
+            if model_specific(&ins) {
+                return None;
+            }
+        }
+    }
+    // Every byte must be accounted for: what was not decoded could hold anything.
+    if (0..PAGE_SIZE).any(|c| !start[c] && !inside[c]) {
+        return None;
+    }
+    Some(sites)
 }
 
 /// The low half of a 64-bit TSS descriptor (busy type, 104-byte limit).

@@ -493,6 +493,7 @@ impl Machine {
             self.icount
         };
         let bps = !self.breakpoints.is_empty();
+        let pausing = self.pause_at_events;
         let pause_pages = if self.pause_at_events {
             self.pause_pages.clone()
         } else {
@@ -526,6 +527,12 @@ impl Machine {
             // SAFETY: `blocks.cur` keeps this block alive and is replaced only above, between
             // blocks; invalidation while the block runs only marks it stale (`cur_start`).
             let block: &[Op] = unsafe { &*Arc::as_ptr(cur) };
+            // Replaying a native stretch: look closer only in blocks that touch a page
+            // that had to be interpreted.
+            let check_pages = pause_pages.as_ref().is_some_and(|p| {
+                let last = block.last().map_or(rip, |o| o.next - 1);
+                p.range(rip >> 12..=last >> 12).next().is_some()
+            });
             for op in block.iter() {
                 let budget = limit - self.icount;
                 if budget == 0 {
@@ -534,7 +541,12 @@ impl Machine {
                 if bps && self.icount != start && self.breakpoints.contains(&self.cpu.rip) {
                     return StopReason::Breakpoint(self.cpu.rip);
                 }
-                if let Some(pages) = &pause_pages {
+                if pausing && op.native_trap {
+                    self.paused = true;
+                    return StopReason::Limit;
+                }
+                if check_pages {
+                    let pages = pause_pages.as_ref().expect("set with check_pages");
                     let rip = self.cpu.rip;
                     if pages.contains(&(rip >> 12)) || pages.contains(&((op.next - 1) >> 12)) {
                         self.paused = true;
@@ -610,6 +622,16 @@ impl Machine {
     /// have overwritten.
     pub(crate) fn step_one(&mut self) -> StopReason {
         self.interpret(self.icount + 1)
+    }
+
+    /// Addresses of the decoded blocks that start on page `pn` (instructions the
+    /// interpreter has executed there).
+    pub(crate) fn block_starts_on(&self, pn: u64) -> Vec<u64> {
+        self.blocks
+            .by_page
+            .get(&pn)
+            .map(|v| v.iter().copied().filter(|a| a >> 12 == pn).collect())
+            .unwrap_or_default()
     }
 
     /// `run_continuing` after dropping decoded code that native execution may have

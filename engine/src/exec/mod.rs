@@ -114,6 +114,9 @@ pub(crate) struct Op {
     pub imm2: u64,
     /// Branch target of a direct jmp.
     pub target: u64,
+    /// The KVM backend never runs this instruction natively (see `kvm::model_specific`):
+    /// a machine replaying a native stretch stops before it.
+    pub native_trap: bool,
 }
 
 impl Op {
@@ -261,6 +264,7 @@ impl Op {
         };
         let cc = alu::cc_of(&ins);
         Op {
+            native_trap: crate::kvm::model_specific(&ins),
             bits2,
             imm2,
             target,

@@ -8,7 +8,21 @@ use iced_x86::{Instruction, Mnemonic as M};
 impl Machine {
     pub(super) fn exec_system(&mut self, i: &Instruction) -> R<()> {
         match i.mnemonic() {
-            M::Syscall | M::Rdtsc if self.pause_at_events => Err(Ex::Pause),
+            // The instructions that end a native stretch (see kvm.rs).
+            M::Syscall
+            | M::Rdtsc
+            | M::Cpuid
+            | M::Xgetbv
+            | M::Xsave
+            | M::Xsave64
+            | M::Xrstor
+            | M::Xrstor64
+            | M::Xsaveopt
+            | M::Xsaveopt64
+                if self.pause_at_events =>
+            {
+                Err(Ex::Pause)
+            }
             M::Syscall => {
                 self.cpu.gpr[RCX] = self.cpu.rip;
                 self.cpu.gpr[11] = self.cpu.rflags() & 0x3c_7fd7 | 2;
