@@ -875,7 +875,27 @@ impl NativeVm {
         }
         self.patched.insert(pn, sites);
         self.tried.remove(&pn);
+        self.flush = true;
         self.set_pte(pn, f, prot)
+    }
+
+    /// Makes the VM forget every translation it derived from our page tables. Reloading CR3
+    /// suffices with nested paging; a shadow-paging host (PVM) does not see our writes to the
+    /// tables, so the slot holding them is removed and added again, which drops its shadow
+    /// pages.
+    fn forget_translations(&mut self) -> Result<(), String> {
+        let mut region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: 0,
+            userspace_addr: self.sys.ptr as u64,
+        };
+        // SAFETY: deleting and re-adding the same slot over memory we own.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(sys_err("memory slot"))?;
+        region.memory_size = SYS_SIZE;
+        // SAFETY: as above.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(sys_err("memory slot"))
     }
 
     // ---- moving state between the engine and the VM ----
@@ -969,6 +989,9 @@ impl NativeVm {
             rip: KBASE + if self.flush { RESUME_FLUSH } else { RESUME },
             rflags: 2,
         };
+        if self.flush {
+            self.forget_translations()?;
+        }
         self.flush = false;
         self.vcpu.set_regs(&regs).map_err(sys_err("set_regs"))
     }

@@ -1,0 +1,168 @@
+//! The KVM backend (`--backend kvm`): user code runs natively, syscalls, signals and
+//! model-specific instructions go through the interpreter. Both backends must agree: same
+//! output and exit status, and with `--cross-check` the same state (registers, memory,
+//! kernel) at the end of every native stretch, the same icount and the same final state hash.
+//! Tests say so and pass when /dev/kvm is not usable here.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn kvm_usable() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable on this machine; the KVM backend is not tested");
+    }
+    ok
+}
+
+/// Runs `bin args` with both backends and asserts they agree (the kvm run cross-checks
+/// every stretch against the interpreter).
+fn assert_backends_agree(bin: &Path, args: &[&str], input: &[u8]) {
+    let mut i = fx86();
+    i.args(["run", "--stats", "--"]).arg(bin).args(args);
+    let interp = run_with_input(i, input);
+    let mut k = fx86();
+    k.args(["run", "--backend", "kvm", "--cross-check", "--stats", "--"])
+        .arg(bin)
+        .args(args);
+    let kvm = run_with_input(k, input);
+    let what = format!("{} {:?}", bin.display(), args);
+    let kline = stats_line(&kvm);
+    assert!(
+        kline.contains("backend=kvm"),
+        "{what}: the kvm run failed:\n{}",
+        lossy(&kvm.stderr)
+    );
+    assert_eq!(lossy(&kvm.stdout), lossy(&interp.stdout), "{what}: stdout");
+    assert_eq!(status_code(&kvm), status_code(&interp), "{what}: status");
+    let iline = stats_line(&interp);
+    for key in ["icount", "state", "exit"] {
+        assert_eq!(
+            stat_field(&kline, key),
+            stat_field(&iline, key),
+            "{what}: {key} differs\n interp: {iline}\n kvm:    {kline}"
+        );
+    }
+}
+
+#[test]
+fn corpus_agrees_with_the_interpreter() {
+    if !kvm_usable() {
+        return;
+    }
+    let guests = [
+        "intops.c",
+        "floats.c",
+        "longdouble.c",
+        "strings.c",
+        "sse2.c",
+        "mmx.c",
+        "selfmod.c",
+        "signals.c",
+        "crash_segv.c",
+        "crash_abort.c",
+        "crash_fpe.c",
+        "cpuid_rdtsc.c",
+        "cpuid_leaves.c",
+        "undefined_flags.c",
+        "avx.c",
+        "errno.c",
+        "sysmisc.c",
+        "procfiles.c",
+    ];
+    for (cc, opt) in [("gcc", "-O2"), ("musl-gcc", "-O0")] {
+        for g in guests {
+            let bin = build(&guest_src(g), cc, opt);
+            assert_backends_agree(&bin, &[], b"");
+        }
+    }
+}
+
+#[test]
+fn model_cpu_and_honest_isa_natively() {
+    if !kvm_usable() {
+        return;
+    }
+    // CPUID, XCR0 and friends come from the model, not from the host CPU.
+    let bin = build(&guest_src("cpuid_leaves.c"), "gcc", "-O2");
+    let mut k = fx86();
+    k.args(["run", "--backend", "kvm", "--"]).arg(&bin);
+    let out = lossy(&run_with_input(k, b"").stdout);
+    assert!(
+        out.contains("00000000.0: 0000000d 756e6547 6c65746e 49656e69"),
+        "{out}"
+    );
+    assert!(out.contains("xcr0 3 0"), "{out}");
+    // AVX is outside the model: SIGILL natively too, with the interpreter's message.
+    let bin = build(&guest_src("avx.c"), "gcc", "-O2");
+    let mut k = fx86();
+    k.args(["run", "--backend", "kvm", "--"]).arg(&bin);
+    let o = run_with_input(k, b"");
+    assert_eq!(status_code(&o), 132, "{}", lossy(&o.stderr));
+    assert!(lossy(&o.stderr).contains("SIGILL"), "{}", lossy(&o.stderr));
+}
+
+#[test]
+fn real_programs_with_input() {
+    if !kvm_usable() {
+        return;
+    }
+    let digest = build(&guest_src("digest.c"), "gcc", "-O2");
+    let dir = scratch("kvm", "input");
+    let file = dir.join("data.txt");
+    let mut r = Rng(7);
+    let text: String = (0..20000).map(|_| format!("{:x}\n", r.next())).collect();
+    std::fs::write(&file, &text).expect("write input");
+    assert_backends_agree(&digest, &[file.to_str().expect("utf-8")], text.as_bytes());
+    if Path::new("/bin/busybox").exists() {
+        let bb = Path::new("/bin/busybox");
+        assert_backends_agree(bb, &["sha256sum", file.to_str().expect("utf-8")], b"");
+        assert_backends_agree(bb, &["sort", "-r"], text.as_bytes());
+    }
+}
+
+#[test]
+fn flags_and_fallbacks_explain_themselves() {
+    if !kvm_usable() {
+        return;
+    }
+    let bin = build(&guest_src("intops.c"), "gcc", "-O2");
+    let mut k = fx86();
+    k.args(["run", "--backend", "kvm", "--max-insns", "1000", "--"])
+        .arg(&bin);
+    let o = run_with_input(k, b"");
+    assert_eq!(status_code(&o), 2);
+    assert!(
+        lossy(&o.stderr).contains("--backend interp"),
+        "{}",
+        lossy(&o.stderr)
+    );
+    let mut a = fx86();
+    a.args(["run", "--backend", "auto", "--"]).arg(&bin);
+    let o = run_with_input(a, b"");
+    assert_eq!(status_code(&o), 0);
+    assert!(
+        lossy(&o.stderr).contains("fx86: backend: kvm"),
+        "{}",
+        lossy(&o.stderr)
+    );
+    // Dynamically linked programs are not run natively yet: kvm says so, auto falls back.
+    let dynamic = Path::new("/usr/bin/true");
+    let mut k = fx86();
+    k.args(["run", "--backend", "kvm", "--"]).arg(dynamic);
+    let o = run_with_input(k, b"");
+    assert_eq!(status_code(&o), 2);
+    assert!(
+        lossy(&o.stderr).contains("dynamically linked"),
+        "{}",
+        lossy(&o.stderr)
+    );
+    let mut a = fx86();
+    a.args(["run", "--backend", "auto", "--"]).arg(dynamic);
+    assert_eq!(status_code(&run_with_input(a, b"")), 0);
+}
