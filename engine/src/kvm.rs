@@ -1304,7 +1304,7 @@ fn classify_page(bytes: &[u8], base: u64, seeds: &[u64]) -> Option<Vec<u16>> {
     let mut inside = vec![false; PAGE_SIZE];
     let mut sites = Vec::new();
     let mut work: Vec<usize> = seeds.iter().map(|a| (a - base) as usize).collect();
-    let in_page = |t: u64| (t >> 12 == base >> 12).then_some((t - base) as usize);
+    let in_page = |t: u64| (t >> 12 == base >> 12).then(|| (t - base) as usize);
     while let Some(off) = work.pop() {
         if off >= PAGE_SIZE || start[off] {
             continue;
