@@ -38,3 +38,22 @@ for bin in "$OUT"/*; do
   rk=$( [ "$k" != 0 ] && echo "$n / $k" | bc -l || echo 0)
   printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f %9.3f %10.3f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn" "$k" "$rk"
 done
+# Exit cost: a system call round trip (guest -> fx86's Linux layer -> guest), from the time of
+# N getppid() calls minus the time of none, per call.
+if [ -n "$KVM" ]; then
+  gcc -static -O2 -o "$OUT/../exit-syscalls" benches/exits/syscalls.c
+  N=20000
+  per_call() { # command...
+    local full=() none=()
+    for _ in $(seq "$RUNS"); do
+      t0=$(now); "$@" "$N" >/dev/null; t1=$(now); full+=("$(echo "$t1 - $t0" | bc -l)")
+      t0=$(now); "$@" 0 >/dev/null; t1=$(now); none+=("$(echo "$t1 - $t0" | bc -l)")
+    done
+    local f z; f=$(printf "%s\n" "${full[@]}" | median); z=$(printf "%s\n" "${none[@]}" | median)
+    echo "($f - $z) / $N * 1000000" | bc -l
+  }
+  printf "\n%-28s %12s\n" "syscall round trip" "microseconds"
+  printf "%-28s %12.2f\n" native "$(per_call "$OUT/../exit-syscalls")"
+  printf "%-28s %12.2f\n" "fx86 --backend interp" "$(per_call $FX86 run -- "$OUT/../exit-syscalls")"
+  printf "%-28s %12.2f\n" "fx86 --backend kvm" "$(per_call $FX86 run --backend kvm -- "$OUT/../exit-syscalls")"
+fi

@@ -312,11 +312,9 @@ pub fn open_backend(backend: Backend) -> std::result::Result<Option<NativeVm>, i
 /// (by replaying in the interpreter) only if something needs it.
 fn run_native(
     mut vm: NativeVm,
-    backend: Backend,
     stats: bool,
     max_insns: Option<u64>,
     seed: u64,
-    snapshot_memory: u64,
     prog: &[String],
 ) -> i32 {
     if max_insns.is_some() {
@@ -327,20 +325,7 @@ fn run_native(
         Ok(m) => m,
         Err(code) => return code,
     };
-    // Known gap: the dynamic loader diverges from the interpreter under KVM (found by
-    // --cross-check), so dynamically linked programs stay in the interpreter for now.
-    let dynamic = m.kernel.auxv.iter().any(|&(k, v)| k == 7 && v != 0);
-    if dynamic && !vm.cross_check {
-        if backend == Backend::Kvm {
-            eprintln!(
-                "fx86: --backend kvm does not run dynamically linked programs yet; \
-                 use --backend interp (or auto)"
-            );
-            return 2;
-        }
-        eprintln!("fx86: backend: interp (dynamically linked programs are not run under kvm yet)");
-        return run(stats, max_insns, seed, snapshot_memory, prog);
-    }
+
     let start = Instant::now();
     let stop = match vm.run(&mut m) {
         Ok(s) => s,
@@ -363,11 +348,14 @@ fn run_native(
         let s = vm.stats;
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
-             settle={settle:.3} syscalls={} exceptions={} interpreted={} page_faults={} dirty_pages={} replays={}",
+             settle={settle:.3} syscalls={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} page_faults={} dirty_pages={} replays={}",
             hash.to_hex(),
             s.syscalls,
             s.exceptions,
+            if vm.host_flags_match { "model" } else { "differ" },
             s.interpreted,
+            s.interpreted_insns,
+            s.emulated,
             s.page_faults,
             s.dirty_pages,
             m.native_replays
@@ -700,7 +688,7 @@ fn main() -> Result<()> {
             Ok(None) => run(stats, max_insns, seed, snapshot_memory, &prog),
             Ok(Some(mut vm)) => {
                 vm.cross_check = cross_check;
-                run_native(vm, backend, stats, max_insns, seed, snapshot_memory, &prog)
+                run_native(vm, stats, max_insns, seed, &prog)
             }
             Err(code) => code,
         },

@@ -193,8 +193,12 @@ pub struct NativeStats {
     pub page_faults: u64,
     /// Pages copied back after being written natively.
     pub dirty_pages: u64,
+    /// Register-only instructions executed in place for the VM (see `inline_sites`).
+    pub emulated: u64,
     /// Times execution ran into a page that the interpreter must run.
     pub interpreted: u64,
+    /// Instructions the interpreter executed (the rest ran natively).
+    pub interpreted_insns: u64,
 }
 
 /// A KVM virtual machine that runs one guest's user code.
@@ -222,13 +226,22 @@ pub struct NativeVm {
     /// non-executable, so that the interpreter runs them.
     interp_pages: Arc<BTreeSet<u64>>,
     /// Executable pages whose model-specific instructions were found by decoding (see
-    /// `classify_page`) and are patched to `ud2` in the frame, so the page runs natively.
+    /// `classify_page`) and are patched to an invalid opcode in the frame, so the page runs natively.
     patched: BTreeMap<u64, Vec<u16>>,
+    /// The addresses of the instructions patched on those pages (a replay pauses there).
+    trap_sites: Arc<BTreeSet<u64>>,
+    /// Patched instructions that work on registers only and leave flags undefined (see
+    /// `divergent_flags`): executed by the interpreter's code on the VM's registers, in
+    /// place, without ending the native stretch.
+    inline_sites: BTreeMap<u64, iced_x86::Instruction>,
     /// Seeds tried for pages that could not be classified yet (retry when there are more).
     tried: BTreeMap<u64, usize>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
+    /// This CPU sets undefined flags as the model does (see `host_flags_match_model`); if
+    /// not, instructions whose undefined flags could be observed are interpreted.
+    pub host_flags_match: bool,
     pub stats: NativeStats,
 }
 
@@ -237,6 +250,8 @@ pub struct NativeVm {
 pub(crate) struct Stretch {
     start: Snapshot,
     interp_pages: Arc<BTreeSet<u64>>,
+    /// Instructions that were patched to leave the VM (see `NativeVm::trap_sites`).
+    trap_sites: Arc<BTreeSet<u64>>,
     /// Instructions the interpreter executed after the stretch ended (the syscall, the
     /// faulting instruction, or the code on pages that are always interpreted).
     after: u64,
@@ -287,6 +302,7 @@ impl Machine {
         r.icount = 0;
         r.pause_at_events = true;
         r.pause_pages = Some(s.interp_pages.clone());
+        r.pause_sites = Some(s.trap_sites.clone());
         r.paused = false;
         r.ended = None;
         let stop = r.run(u64::MAX);
@@ -341,6 +357,7 @@ impl Machine {
             }
             ic += done;
         }
+        self.native_settled += ic - self.icount;
         self.icount = ic;
         result
     }
@@ -466,8 +483,11 @@ impl NativeVm {
             last_fault: (u64::MAX, 0),
             interp_pages: Arc::new(BTreeSet::new()),
             patched: BTreeMap::new(),
+            trap_sites: Arc::new(BTreeSet::new()),
+            inline_sites: BTreeMap::new(),
             tried: BTreeMap::new(),
             cross_check: false,
+            host_flags_match: host_flags_match_model(),
             stats: NativeStats::default(),
         };
         v.build_system()?;
@@ -716,8 +736,24 @@ impl NativeVm {
         Ok(f)
     }
 
+    /// Forgets the patches on page `pn` (its frame is being rewritten or freed).
+    fn unpatch(&mut self, pn: u64) {
+        if self.patched.remove(&pn).is_some() {
+            let sites = Arc::make_mut(&mut self.trap_sites);
+            let gone: Vec<u64> = sites.range(pn << 12..(pn + 1) << 12).copied().collect();
+            for a in gone {
+                sites.remove(&a);
+            }
+            let range = pn << 12..(pn + 1) << 12;
+            let gone: Vec<u64> = self.inline_sites.range(range).map(|(&a, _)| a).collect();
+            for a in gone {
+                self.inline_sites.remove(&a);
+            }
+        }
+    }
+
     fn free_frame(&mut self, pn: u64) {
-        self.patched.remove(&pn);
+        self.unpatch(pn);
         if let Some(f) = self.frame_of.remove(&pn) {
             let c = (f / FRAMES_PER_CHUNK) as usize;
             self.chunks[c].discard((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64, PAGE_SIZE as u64);
@@ -807,8 +843,8 @@ impl NativeVm {
         }
         self.last_fault = key;
         let (lo, hi) = (
-            (start >> 12).max(pn & !15),
-            (vma.end >> 12).min((pn | 15) + 1),
+            (start >> 12).max(pn & !511),
+            (vma.end >> 12).min((pn | 511) + 1),
         );
         let prot = vma.prot;
         for p in lo..hi {
@@ -832,7 +868,7 @@ impl NativeVm {
 
     /// Lets an interpreted code page run natively once decoding from the instructions the
     /// interpreter executed there accounts for every byte pattern that could be a
-    /// model-specific instruction: the real ones are patched to `ud2` in the frame (the
+    /// model-specific instruction: the real ones are patched to an invalid opcode in the frame (the
     /// engine's copy keeps the original bytes), so they leave the VM and are interpreted.
     fn try_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
         let Some(&f) = self.frame_of.get(&pn) else {
@@ -865,13 +901,29 @@ impl NativeVm {
         } else {
             PAGE_SIZE
         };
-        let Some(sites) = classify_page(&bytes[..avail], pn << 12, &seeds) else {
+        let divergent = !self.host_flags_match;
+        let Ok(sites) = classify_page(&bytes[..avail], pn << 12, &seeds, divergent) else {
             return Ok(());
         };
+        // 06 (`push es`) is invalid in 64-bit mode: #UD at the very instruction, and one
+        // byte fits anywhere (also before an instruction that runs into the next page).
         for &o in &sites {
-            let frame = self.frame_mut(f);
-            frame[o as usize] = 0x0f;
-            frame[o as usize + 1] = 0x0b;
+            self.frame_mut(f)[o as usize] = 0x06;
+        }
+        for &o in &sites {
+            let at = (pn << 12) + o as u64;
+            let mut d = iced_x86::Decoder::with_ip(
+                64,
+                &bytes[o as usize..avail],
+                at,
+                iced_x86::DecoderOptions::NONE,
+            );
+            let ins = d.decode();
+            if emulate_inline(&ins) {
+                self.inline_sites.insert(at, ins);
+            } else {
+                Arc::make_mut(&mut self.trap_sites).insert(at);
+            }
         }
         self.patched.insert(pn, sites);
         self.tried.remove(&pn);
@@ -920,7 +972,7 @@ impl NativeVm {
         for (pn, page) in changed {
             match (self.frame_of.get(&pn).copied(), page) {
                 (Some(f), Some(p)) => {
-                    self.patched.remove(&pn);
+                    self.unpatch(pn);
                     self.frame_mut(f).copy_from_slice(p.data());
                     let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
                     if prot & PROT_EXEC != 0 {
@@ -929,7 +981,7 @@ impl NativeVm {
                     }
                 }
                 (Some(f), None) => {
-                    self.patched.remove(&pn);
+                    self.unpatch(pn);
                     self.frame_mut(f).fill(0)
                 }
                 (None, Some(p)) => {
@@ -997,7 +1049,7 @@ impl NativeVm {
     }
 
     /// Runs the guest until an event the interpreter must handle.
-    fn enter(&mut self, m: &Machine) -> Result<Event, String> {
+    fn enter(&mut self, m: &mut Machine) -> Result<Event, String> {
         loop {
             self.stats.entries += 1;
             Self::trap_cpuid_and_tsc(true);
@@ -1066,6 +1118,18 @@ impl NativeVm {
                     }
                     mapped
                 }
+                // Not if it runs into a page that is interpreted: unpatched, the fetch
+                // would fault there first, and the replay stops before it too.
+                6 if self.inline_sites.get(&rip).is_some_and(|i| {
+                    let last = (rip + i.len() as u64 - 1) >> 12;
+                    last == rip >> 12 || !self.interp_pages.contains(&last)
+                }) =>
+                {
+                    let ins = self.inline_sites[&rip];
+                    self.emulate(m, &ins, &mut regs, sp, rip, rflags, rsp)?;
+                    self.stats.emulated += 1;
+                    true
+                }
                 // A trap flag the guest set itself: the interpreter does not single-step.
                 1 => {
                     self.sys.set_u64(sp + 16, rflags & !RFLAGS_TF);
@@ -1088,6 +1152,66 @@ impl NativeVm {
                 rsp,
             });
         }
+    }
+
+    /// Executes a register-only instruction that was patched out (see `inline_sites`) with
+    /// the interpreter's semantics on the registers of the guest stopped at it, as the
+    /// interpreter would when replaying the stretch; the exception frame at `sp` then
+    /// resumes after it.
+    #[allow(clippy::too_many_arguments)]
+    fn emulate(
+        &mut self,
+        m: &mut Machine,
+        ins: &iced_x86::Instruction,
+        regs: &mut kvm_regs,
+        sp: u64,
+        rip: u64,
+        rflags: u64,
+        rsp: u64,
+    ) -> Result<(), String> {
+        let saved = (m.cpu.gpr, m.cpu.rip, m.cpu.rflags());
+        m.cpu.gpr = [
+            regs.rax, regs.rcx, regs.rdx, regs.rbx, rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
+            regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+        ];
+        m.cpu.rip = rip;
+        m.cpu.set_rflags(rflags & !RFLAGS_RF);
+        let op = crate::exec::Op::new(*ins);
+        let ok = m.exec(&op, 1).is_ok();
+        let g = m.cpu.gpr;
+        let (new_rip, new_flags) = (m.cpu.rip, m.cpu.rflags());
+        (m.cpu.gpr, m.cpu.rip) = (saved.0, saved.1);
+        m.cpu.set_rflags(saved.2);
+        if !ok {
+            return Err(format!(
+                "the interpreter could not execute {ins} at {rip:#x} for the VM"
+            ));
+        }
+        [
+            regs.rax,
+            regs.rcx,
+            regs.rdx,
+            regs.rbx,
+            _,
+            regs.rbp,
+            regs.rsi,
+            regs.rdi,
+            regs.r8,
+            regs.r9,
+            regs.r10,
+            regs.r11,
+            regs.r12,
+            regs.r13,
+            regs.r14,
+            regs.r15,
+        ] = g;
+        self.sys.set_u64(sp, new_rip);
+        self.sys.set_u64(
+            sp + 16,
+            (rflags & !STATUS_FLAGS) | (new_flags & STATUS_FLAGS),
+        );
+        self.sys.set_u64(sp + 24, g[4]);
+        Ok(())
     }
 
     /// Copies the guest's state at an event back into the engine.
@@ -1157,8 +1281,11 @@ impl NativeVm {
         loop {
             self.push(m)?;
             let start = m.snapshot();
-            let interp_pages = self.interp_pages.clone();
             let ev = self.enter(m)?;
+            // As they were when the stretch ended: pages mapped during it (on first touch)
+            // were never executed natively before they were mapped.
+            let interp_pages = self.interp_pages.clone();
+            let trap_sites = self.trap_sites.clone();
             self.pull(m, &ev)?;
             let (syscall, interpret) = match ev {
                 Event::Syscall(_) => (true, false),
@@ -1175,6 +1302,7 @@ impl NativeVm {
             let stretch = Stretch {
                 start,
                 interp_pages,
+                trap_sites,
                 after: 0,
             };
             match &mut m.unsettled {
@@ -1191,6 +1319,7 @@ impl NativeVm {
                 m.try_settle(Some(syscall))?;
             }
             let entry_page = m.cpu.rip >> 12;
+            let interp_from = m.icount - m.native_settled;
             let stop = if interpret {
                 // Run the pages that must be interpreted, until execution leaves them or
                 // decoding shows that the page can run natively after all.
@@ -1211,6 +1340,7 @@ impl NativeVm {
             if interpret {
                 self.try_native(m, entry_page)?;
             }
+            self.stats.interpreted_insns += m.icount - m.native_settled - interp_from;
             if let Some(u) = m.unsettled.as_mut() {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
                 s.after = m.icount - took_over;
@@ -1250,6 +1380,15 @@ pub(crate) fn model_specific(ins: &iced_x86::Instruction) -> bool {
             | M::Xrstors64
             | M::Rdrand
             | M::Rdseed
+            // x87 transcendentals: hardware results differ between CPUs in the last bits.
+            | M::Fsin
+            | M::Fcos
+            | M::Fsincos
+            | M::Fptan
+            | M::Fpatan
+            | M::F2xm1
+            | M::Fyl2x
+            | M::Fyl2xp1
     ) || ins.encoding() != EncodingKind::Legacy
     {
         return true;
@@ -1289,11 +1428,20 @@ pub(crate) fn model_specific(ins: &iced_x86::Instruction) -> bool {
 /// function as compilers lay them out); the bytes before the first known instruction are
 /// decoded from whichever of the first 16 offsets lands exactly on it. Succeeds only if
 /// every candidate byte pattern then lies inside a decoded instruction or starts one, and no
-/// two decodings overlap; returns the offsets of the model-specific instructions found.
-fn classify_page(bytes: &[u8], base: u64, seeds: &[u64]) -> Option<Vec<u16>> {
+/// two decodings overlap (except a branch into the middle of a prefixed instruction, which
+/// decodes to the same instruction without the prefix); returns the offsets of the
+/// model-specific instructions found (with `divergent`, also those whose host-specific
+/// undefined flags might be observed: see `live_divergent`), or why the page cannot be
+/// classified.
+fn classify_page(
+    bytes: &[u8],
+    base: u64,
+    seeds: &[u64],
+    divergent: bool,
+) -> Result<Vec<u16>, String> {
     use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
     if bytes.len() < PAGE_SIZE || seeds.is_empty() {
-        return None;
+        return Err("no seeds".into());
     }
     let decode = |off: usize| -> Option<Instruction> {
         let mut d = Decoder::with_ip(64, &bytes[off..], base + off as u64, DecoderOptions::NONE);
@@ -1302,33 +1450,61 @@ fn classify_page(bytes: &[u8], base: u64, seeds: &[u64]) -> Option<Vec<u16>> {
     };
     let mut start = vec![false; PAGE_SIZE];
     let mut inside = vec![false; PAGE_SIZE];
+    // End of the instruction starting at each offset, and whether it is model-specific.
+    let mut end_of = vec![0usize; PAGE_SIZE];
+    let mut special = vec![false; PAGE_SIZE];
     let mut sites = Vec::new();
     let mut work: Vec<usize> = seeds.iter().map(|a| (a - base) as usize).collect();
     let in_page = |t: u64| (t >> 12 == base >> 12).then(|| (t - base) as usize);
+    // Two decodings may overlap only as code like `je 1f; lock; 1: cmpxchg` does: one is
+    // the other without some leading prefix bytes (same end), and neither is patched.
+    let nested =
+        |start: &[bool], end_of: &[usize], special: &[bool], off: usize, end: usize, sp: bool| {
+            (off.saturating_sub(15)..off)
+                .all(|s| !start[s] || end_of[s] <= off || (end_of[s] == end && !special[s] && !sp))
+        };
     while let Some(off) = work.pop() {
         if off >= PAGE_SIZE || start[off] {
             continue;
         }
-        if inside[off] {
-            return None;
-        }
-        let ins = decode(off)?;
+        let Some(ins) = decode(off) else {
+            // An instruction that needs bytes past the executable end of this page faults
+            // on fetch, natively as in the interpreter: those bytes never run here.
+            if bytes.len() == PAGE_SIZE && needs_more_bytes(&bytes[off..]) {
+                inside[off..].fill(true);
+                continue;
+            }
+            return Err(format!("invalid at {off:#x}"));
+        };
         let end = off + ins.len();
-        start[off] = true;
+        let sp = model_specific(&ins);
+        if inside[off] && !nested(&start, &end_of, &special, off, end, sp) {
+            return Err(format!("overlap at {off:#x}"));
+        }
         for k in off + 1..end.min(PAGE_SIZE) {
-            if start[k] {
-                return None;
+            if start[k] && (end_of[k] != end || special[k] || sp) {
+                return Err(format!("overlap2 at {k:#x}"));
             }
             inside[k] = true;
         }
-        if model_specific(&ins) {
-            // The `ud2` that replaces it must fit in the page.
-            if ins.len() < 2 || off + 2 > PAGE_SIZE {
-                return None;
-            }
+        start[off] = true;
+        end_of[off] = end;
+        special[off] = sp;
+        if sp {
             sites.push(off as u16);
         }
-        work.push(end);
+        let mut next = end;
+        if matches!(
+            ins.flow_control(),
+            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
+        ) {
+            // Zero padding between functions: `00 00` would decode, at the wrong phase.
+            while next < PAGE_SIZE && bytes[next] == 0 && !start[next] {
+                inside[next] = true;
+                next += 1;
+            }
+        }
+        work.push(next);
         if matches!(
             ins.flow_control(),
             FlowControl::ConditionalBranch | FlowControl::Call | FlowControl::UnconditionalBranch
@@ -1336,37 +1512,476 @@ fn classify_page(bytes: &[u8], base: u64, seeds: &[u64]) -> Option<Vec<u16>> {
             work.extend(in_page(ins.near_branch_target()));
         }
     }
-    // The bytes before the first known instruction.
+    // The bytes before the first known instruction: the tail of an instruction from the
+    // page before, then instructions decoded from the offset that lands exactly on it.
     let first = start.iter().position(|&b| b).unwrap_or(PAGE_SIZE);
     if first > 0 {
-        let lead = (0..16.min(first)).find_map(|s0| {
-            let mut v = Vec::new();
-            let mut off = s0;
-            while off < first {
-                let ins = decode(off)?;
-                v.push((off, ins));
-                off += ins.len();
-            }
-            (off == first).then_some(v)
-        })?;
+        // All of them may be that tail, if no decoding from inside it could be an
+        // instruction we would have to find.
+        let tail_only = first < 16
+            && (0..first).all(|o| {
+                decode(o)
+                    .is_none_or(|i| !model_specific(&i) && (!divergent || divergent_flags(&i) == 0))
+            });
+        let lead = (0..16.min(first))
+            .chain(tail_only.then_some(first))
+            .find_map(|s0| {
+                let mut v = Vec::new();
+                let mut off = s0;
+                while off < first {
+                    let ins = decode(off)?;
+                    v.push((off, ins));
+                    off += ins.len();
+                }
+                (off == first).then_some((s0, v))
+            });
+        let (s0, lead) = lead.ok_or(format!("no lead sync to {first:#x}"))?;
+        inside[..s0].fill(true);
         for (off, ins) in lead {
             start[off] = true;
             inside[off + 1..off + ins.len()].fill(true);
-            // These bytes may be the tail of an instruction that starts on the page before:
-            // never patch them.
             if model_specific(&ins) {
-                return None;
+                sites.push(off as u16);
             }
         }
     }
     // Every byte must be accounted for: what was not decoded could hold anything.
-    if (0..PAGE_SIZE).any(|c| !start[c] && !inside[c]) {
-        return None;
+    if let Some(c) = (0..PAGE_SIZE).find(|&c| !start[c] && !inside[c]) {
+        return Err(format!("uncovered {c:#x}"));
     }
-    Some(sites)
+    let insns: BTreeMap<usize, Instruction> = (0..PAGE_SIZE)
+        .filter(|&o| start[o])
+        .filter_map(|o| decode(o).map(|i| (o, i)))
+        .collect();
+    if divergent {
+        sites.extend(live_divergent(&insns, base));
+    }
+    sites.sort_unstable();
+    sites.dedup();
+    Ok(sites)
+}
+
+/// Whether this CPU sets the flags that shifts, rotates, multiplies and divides leave
+/// undefined exactly as the interpreter's model does (AMD Zen does): then those
+/// instructions may run natively anywhere. Probed once per process by executing each form
+/// on pseudo-random operands natively and in the interpreter.
+pub fn host_flags_match_model() -> bool {
+    static MATCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MATCH.get_or_init(|| probe_undefined_flags().unwrap_or(false))
+}
+
+/// The instruction forms the probe compares: (bytes, operand size in bits, kind). They
+/// work on RAX (destination), RBX (source or divisor) and CL (count).
+fn probe_forms() -> Vec<(Vec<u8>, u32, u8)> {
+    let mut v = Vec::new();
+    for (bits, pre) in [
+        (8u32, &[][..]),
+        (16, &[0x66][..]),
+        (32, &[][..]),
+        (64, &[0x48][..]),
+    ] {
+        let with = |op: &[u8]| [pre, op].concat();
+        let (grp2, grp2i, grp2one, grp3) = if bits == 8 {
+            (0xd2u8, 0xc0u8, 0xd0u8, 0xf6u8)
+        } else {
+            (0xd3, 0xc1, 0xd1, 0xf7)
+        };
+        for ext in [0u8, 1, 2, 3, 4, 5, 7] {
+            v.push((with(&[grp2, 0xc0 | ext << 3]), bits, 0));
+            v.push((with(&[grp2one, 0xc0 | ext << 3]), bits, 0));
+            for k in [2u8, 3, 7, 9, 17, 31] {
+                v.push((with(&[grp2i, 0xc0 | ext << 3, k]), bits, 0));
+            }
+        }
+        // mul, imul (one operand): rbx; div, idiv: rbx (kind 1: set up a safe dividend).
+        v.push((with(&[grp3, 0xe3]), bits, 0));
+        v.push((with(&[grp3, 0xeb]), bits, 0));
+        v.push((with(&[grp3, 0xf3]), bits, 1));
+        v.push((with(&[grp3, 0xfb]), bits, 2));
+        if bits > 8 {
+            v.push((with(&[0x0f, 0xaf, 0xc3]), bits, 0)); // imul rax, rbx
+            v.push((with(&[0x6b, 0xc3, 0xf9]), bits, 0)); // imul rax, rbx, -7
+                                                          // shld/shrd rax, rbx, cl (16-bit counts above 16 give undefined results).
+            let k = if bits == 16 { 3 } else { 0 };
+            v.push((with(&[0x0f, 0xa5, 0xd8]), bits, k));
+            v.push((with(&[0x0f, 0xad, 0xd8]), bits, k));
+        }
+    }
+    v
+}
+
+/// Runs every probe form natively and in the interpreter; `Some(true)` if all agree.
+fn probe_undefined_flags() -> Option<bool> {
+    // Native: load RAX/RBX/RCX/RDX and RFLAGS from [rdi], run the form, store them back.
+    const HEAD: &[u8] = &[
+        0x53, 0x48, 0x8b, 0x07, 0x48, 0x8b, 0x5f, 0x08, 0x48, 0x8b, 0x4f, 0x10, 0x48, 0x8b, 0x57,
+        0x18, 0xff, 0x77, 0x20, 0x9d,
+    ];
+    const TAIL: &[u8] = &[
+        0x9c, 0x8f, 0x47, 0x20, 0x48, 0x89, 0x07, 0x48, 0x89, 0x5f, 0x08, 0x48, 0x89, 0x4f, 0x10,
+        0x48, 0x89, 0x57, 0x18, 0x5b, 0xc3,
+    ];
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for (form, bits, kind) in probe_forms() {
+        let code = [HEAD, &form, TAIL].concat();
+        // SAFETY: a private anonymous mapping, filled, made executable and unmapped here;
+        // the code it holds saves and restores RBX, touches only [rdi..rdi+40) and returns.
+        let native = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            std::ptr::copy_nonoverlapping(code.as_ptr(), p as *mut u8, code.len());
+            if libc::mprotect(p, PAGE_SIZE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+                libc::munmap(p, PAGE_SIZE);
+                return None;
+            }
+            p
+        };
+        // SAFETY: `native` holds a complete function with the C calling convention.
+        let f: extern "C" fn(*mut u64) = unsafe { std::mem::transmute(native) };
+        let mut m = Machine::bare(&form, Box::new(NoHost));
+        let mut agree = true;
+        for _ in 0..64 {
+            let mask = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+            let (mut a, mut b, c) = (next(), next(), next() & 0xff);
+            if next() & 1 == 0 {
+                a &= 0xff;
+            }
+            if next() & 1 == 0 {
+                b >>= next() % 64;
+            }
+            let mut d = next();
+            let c = if kind == 3 { c % 17 } else { c };
+            if kind == 1 || kind == 2 {
+                // A dividend whose quotient fits: the high half is zero (div) or the sign
+                // extension of the low half (idiv), and the divisor is odd and not -1.
+                b = (b | 1) & mask;
+                if b == mask || b == 1 {
+                    b = 3;
+                }
+                let low_mask = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+                let low = a & low_mask;
+                let neg = kind == 2 && (low >> (bits - 1)) & 1 == 1;
+                if bits == 8 {
+                    a = (a & !0xffff) | low | if neg { 0xff00 } else { 0 };
+                } else {
+                    d = (d & !low_mask) | if neg { low_mask } else { 0 };
+                }
+            }
+            let fin = (next() & STATUS_FLAGS) | 0x202;
+            let mut st = [a, b, c, d, fin];
+            f(st.as_mut_ptr());
+            m.cpu.gpr[0] = a;
+            m.cpu.gpr[3] = b;
+            m.cpu.gpr[1] = c;
+            m.cpu.gpr[2] = d;
+            m.cpu.set_rflags(fin);
+            m.cpu.rip = 0x400000;
+            m.icount = 0;
+            m.ended = None;
+            let _ = m.run(1);
+            let got = [
+                m.cpu.gpr[0],
+                m.cpu.gpr[3],
+                m.cpu.gpr[1],
+                m.cpu.gpr[2],
+                m.cpu.rflags() & STATUS_FLAGS,
+            ];
+            let want = [st[0], st[1], st[2], st[3], st[4] & STATUS_FLAGS];
+            if m.icount != 1 || got != want {
+                agree = false;
+                break;
+            }
+        }
+        // SAFETY: unmaps the page mapped above; nothing refers to it any more.
+        unsafe { libc::munmap(native, PAGE_SIZE) };
+        if !agree {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+/// CF, PF, AF, ZF, SF and OF in RFLAGS.
+const STATUS_FLAGS: u64 = 0x8d5;
+
+/// True if a patched `ins` can be executed for the VM in place (`NativeVm::emulate`): it
+/// leaves flags undefined, touches registers only and cannot fault.
+fn emulate_inline(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::{Mnemonic as M, OpKind};
+    divergent_flags(ins) != 0
+        && !matches!(ins.mnemonic(), M::Div | M::Idiv)
+        && (0..ins.op_count()).all(|i| {
+            matches!(
+                ins.op_kind(i),
+                OpKind::Register
+                    | OpKind::Immediate8
+                    | OpKind::Immediate8_2nd
+                    | OpKind::Immediate32
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64
+                    | OpKind::Immediate16
+                    | OpKind::Immediate8to16
+            )
+        })
+}
+
+/// The status flags that `ins` leaves undefined and that real CPUs set differently (Intel
+/// and AMD disagree on shifts, rotates, multiplies and divides; both clear AF after logic
+/// operations and agree on `bsf`/`bsr`/`bt`, as the undefined-flags test shows).
+pub(crate) fn divergent_flags(ins: &iced_x86::Instruction) -> u32 {
+    use iced_x86::Mnemonic as M;
+    if matches!(
+        ins.mnemonic(),
+        M::Shl
+            | M::Sal
+            | M::Shr
+            | M::Sar
+            | M::Rol
+            | M::Ror
+            | M::Rcl
+            | M::Rcr
+            | M::Shld
+            | M::Shrd
+            | M::Mul
+            | M::Imul
+            | M::Div
+            | M::Idiv
+    ) {
+        ins.rflags_undefined()
+    } else {
+        0
+    }
+}
+
+/// The flags `ins` certainly overwrites, whatever its operands (a shift by CL or by a count
+/// that masks to 0 leaves the flags alone; a `rep` string instruction may run 0 times).
+fn flags_killed(ins: &iced_x86::Instruction) -> u32 {
+    use iced_x86::{Mnemonic as M, OpKind};
+    let shift = matches!(
+        ins.mnemonic(),
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd
+    );
+    if shift {
+        let count = (0..ins.op_count())
+            .rev()
+            .find_map(|i| match ins.op_kind(i) {
+                OpKind::Immediate8 => Some(ins.immediate8() as u32),
+                OpKind::Immediate8_2nd => Some(ins.immediate8_2nd() as u32),
+                _ => None,
+            });
+        let wide = if ins.op0_kind() == OpKind::Register {
+            ins.op0_register().size() == 8
+        } else {
+            ins.memory_size().size() == 8
+        };
+        let mask = if wide { 63 } else { 31 };
+        // `shl r, 1` has no immediate operand in iced (Shl_rm64_1): its count is 1.
+        let count = if ins.op_count() == 1 { Some(1) } else { count };
+        return match count {
+            Some(c) if c & mask != 0 => ins.rflags_modified(),
+            _ => 0,
+        };
+    }
+    if ins.has_rep_prefix() || ins.has_repne_prefix() {
+        return 0;
+    }
+    ins.rflags_modified()
+}
+
+/// Offsets of the instructions on a page whose host-specific undefined flags (see
+/// `divergent_flags`) might be seen: read by a later instruction, or present when execution
+/// leaves the VM (syscalls, instructions that are interpreted, code outside this page, and
+/// calls and returns, which the analysis does not follow). These are interpreted, so every
+/// flag the guest can observe has the model's value on any host; where a later instruction
+/// overwrites the flags first, the native instruction runs as is.
+fn live_divergent(insns: &BTreeMap<usize, iced_x86::Instruction>, base: u64) -> Vec<u16> {
+    use iced_x86::{FlowControl, Mnemonic as M};
+    // Every branch target inside the page was decoded by `classify_page`.
+    let decode_at = |off: usize| insns.get(&off).copied();
+    let candidates: Vec<usize> = insns
+        .iter()
+        .filter(|(_, i)| divergent_flags(i) != 0)
+        .map(|(&o, _)| o)
+        .collect();
+    let mut live = BTreeSet::new();
+    // Is a divergent flag set at `end`, pending `mask`, observable? A direct call to this
+    // page is followed (the SysV ABI passes nothing in flags, but the callee might leave
+    // the VM before it writes them), its returns lead back to the call's successor.
+    let observable = |live: &BTreeSet<usize>, end: usize, mask: u32| -> bool {
+        let mut work = vec![(end, mask, None::<usize>)];
+        let mut seen = BTreeSet::new();
+        let mut budget = 512;
+        while let Some((off, pending, ret)) = work.pop() {
+            if !seen.insert((off, pending, ret)) {
+                continue;
+            }
+            budget -= 1;
+            if budget == 0 || off >= PAGE_SIZE {
+                return true;
+            }
+            let Some(ins) = decode_at(off) else {
+                return true;
+            };
+            let end = off + ins.len();
+            if ins.rflags_read() & pending != 0
+                || live.contains(&off)
+                || model_specific(&ins)
+                || matches!(ins.mnemonic(), M::Syscall | M::Div | M::Idiv)
+                || end > PAGE_SIZE
+            {
+                return true;
+            }
+            let pending = pending & !flags_killed(&ins);
+            if pending == 0 {
+                continue;
+            }
+            let target = ins.near_branch_target();
+            let in_page = (target >> 12 == base >> 12).then(|| (target - base) as usize);
+            match (ins.flow_control(), in_page) {
+                (FlowControl::Next, _) => work.push((end, pending, ret)),
+                (FlowControl::UnconditionalBranch, Some(t)) => work.push((t, pending, ret)),
+                (FlowControl::ConditionalBranch, Some(t)) => {
+                    work.push((t, pending, ret));
+                    work.push((end, pending, ret));
+                }
+                (FlowControl::Call, Some(t)) if ret.is_none() => work.push((t, pending, Some(end))),
+                (FlowControl::Return, _) if ret.is_some() && ins.op_count() == 0 => {
+                    work.push((ret.expect("checked"), pending, None))
+                }
+                _ => return true,
+            }
+        }
+        false
+    };
+    loop {
+        let mut changed = false;
+        for &o in &candidates {
+            if live.contains(&o) {
+                continue;
+            }
+            let ins = &insns[&o];
+            if observable(&live, o + ins.len(), divergent_flags(ins)) {
+                live.insert(o);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    live.into_iter().map(|o| o as u16).collect()
+}
+
+/// True if `bytes` start an instruction that is cut off by their end.
+fn needs_more_bytes(bytes: &[u8]) -> bool {
+    let mut d = iced_x86::Decoder::new(64, bytes, iced_x86::DecoderOptions::NONE);
+    let _ = d.decode();
+    d.last_error() == iced_x86::DecoderError::NoMoreBytes
 }
 
 /// The low half of a 64-bit TSS descriptor (busy type, 104-byte limit).
 fn tss_low(base: u64) -> u64 {
     103 | ((base & 0xff_ffff) << 16) | (0x8b << 40) | (((base >> 24) & 0xff) << 56)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0x40_0000;
+
+    /// A page of `int3` padding with `code` at offset 0x100.
+    fn page(code: &[u8]) -> Vec<u8> {
+        let mut p = vec![0xcc; PAGE_SIZE + 15];
+        p[0x100..0x100 + code.len()].copy_from_slice(code);
+        p
+    }
+
+    #[test]
+    fn classify_finds_model_specific_sites() {
+        // xor eax,eax; cpuid; rdtsc; ret
+        let p = page(&[0x31, 0xc0, 0x0f, 0xa2, 0x0f, 0x31, 0xc3]);
+        let sites = classify_page(&p, BASE, &[BASE + 0x100], true).expect("classified");
+        assert_eq!(sites, vec![0x102, 0x104]);
+    }
+
+    #[test]
+    fn classify_accepts_branch_past_lock_prefix() {
+        // je 1f; lock; 1: cmpxchg [rdi],ecx; ret
+        let p = page(&[0x74, 0x01, 0xf0, 0x0f, 0xb1, 0x0f, 0xc3]);
+        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+    }
+
+    #[test]
+    fn classify_rejects_overlapping_or_invalid_decodings() {
+        // jmp into the middle of a cpuid: the two decodings disagree.
+        let p = page(&[0xeb, 0x01, 0x0f, 0xa2, 0xc3]);
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], true).is_err());
+        // Bytes that do not decode cannot be vouched for.
+        let p = page(&[0x90, 0x06, 0xc3]);
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], true).is_err());
+        assert!(classify_page(&page(&[0xc3]), BASE, &[], true).is_err());
+    }
+
+    #[test]
+    fn undefined_flags_are_interpreted_where_they_can_be_seen() {
+        // imul rax,rbx; pushfq; ret: the flags are read (pushfq): interpreted.
+        let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x9c, 0xc3]);
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], true),
+            Ok(vec![0x100])
+        );
+        // Not with a host that agrees with the model.
+        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], false), Ok(vec![]));
+        // imul rax,rbx; add rax,1; ret: overwritten first, so it runs natively.
+        let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
+        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        // shr rax,cl; syscall: the kernel entry saves RFLAGS in R11.
+        let p = page(&[0x48, 0xd3, 0xe8, 0x0f, 0x05, 0xc3]);
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], true),
+            Ok(vec![0x100])
+        );
+        // shl rax,3; shr rdx,cl; cmp rax,rdx; ret: a shift by CL may not write the flags,
+        // but cmp overwrites them all before anyone looks.
+        let p = page(&[
+            0x48, 0xc1, 0xe0, 0x03, 0x48, 0xd3, 0xea, 0x48, 0x39, 0xd0, 0xc3,
+        ]);
+        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        // sar rax,1; call f; ret; f: cmp rax,1; ret: the callee overwrites them first.
+        let p = page(&[
+            0x48, 0xd1, 0xf8, 0xe8, 0x01, 0x00, 0x00, 0x00, 0xc3, 0x48, 0x83, 0xf8, 0x01, 0xc3,
+        ]);
+        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        // mul rbx; ret: the caller is unknown.
+        let p = page(&[0x48, 0xf7, 0xe3, 0xc3]);
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], true),
+            Ok(vec![0x100])
+        );
+    }
+
+    #[test]
+    fn probe_runs_on_this_cpu() {
+        // Either answer is legitimate; the probe must just run and be stable.
+        let first = probe_undefined_flags();
+        assert!(first.is_some());
+        assert_eq!(first, probe_undefined_flags());
+    }
 }

@@ -162,6 +162,8 @@ pub struct Machine {
     /// Replaying a native stretch: pages it could not execute natively (pause on reaching
     /// an instruction that touches one).
     pub(crate) pause_pages: Option<Arc<std::collections::BTreeSet<u64>>>,
+    /// Replaying a native stretch: instructions that were patched to leave the VM.
+    pub(crate) pause_sites: Option<Arc<std::collections::BTreeSet<u64>>>,
     /// The machine that replays native stretches (kept for its decoded blocks).
     pub(crate) replayer: Option<Box<Machine>>,
     /// Native stretches (KVM backend) whose instruction counts are not known yet: while this
@@ -169,6 +171,8 @@ pub struct Machine {
     pub(crate) unsettled: Option<Box<crate::kvm::Unsettled>>,
     /// Native stretches replayed so far to learn their lengths.
     pub native_replays: u64,
+    /// Instructions added to `icount` by settling native stretches (see `kvm`).
+    pub native_settled: u64,
 }
 
 /// Most changed pages per snapshot that are checked for duplicates.
@@ -284,9 +288,11 @@ impl Machine {
             pause_at_events: false,
             paused: false,
             pause_pages: None,
+            pause_sites: None,
             replayer: None,
             unsettled: None,
             native_replays: 0,
+            native_settled: 0,
         }
     }
 
@@ -541,7 +547,14 @@ impl Machine {
                 if bps && self.icount != start && self.breakpoints.contains(&self.cpu.rip) {
                     return StopReason::Breakpoint(self.cpu.rip);
                 }
-                if pausing && op.native_trap {
+                if pausing
+                    && (op.native_trap
+                        || op.divergent
+                            && self
+                                .pause_sites
+                                .as_ref()
+                                .is_some_and(|s| s.contains(&self.cpu.rip)))
+                {
                     self.paused = true;
                     return StopReason::Limit;
                 }

@@ -117,6 +117,9 @@ pub(crate) struct Op {
     /// The KVM backend never runs this instruction natively (see `kvm::model_specific`):
     /// a machine replaying a native stretch stops before it.
     pub native_trap: bool,
+    /// It leaves flags undefined that CPUs set differently (see `kvm::divergent_flags`): the
+    /// KVM backend interprets it where those flags can be observed.
+    pub divergent: bool,
 }
 
 impl Op {
@@ -265,6 +268,7 @@ impl Op {
         let cc = alu::cc_of(&ins);
         Op {
             native_trap: crate::kvm::model_specific(&ins),
+            divergent: crate::kvm::divergent_flags(&ins) != 0,
             bits2,
             imm2,
             target,
