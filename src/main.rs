@@ -348,7 +348,7 @@ fn run_native(
         let s = vm.stats;
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
-             settle={settle:.3} syscalls={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} page_faults={} dirty_pages={} replays={}",
+             settle={settle:.3} syscalls={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} early_settles={} page_faults={} dirty_pages={} replays={}",
             hash.to_hex(),
             s.syscalls,
             s.exceptions,
@@ -356,6 +356,7 @@ fn run_native(
             s.interpreted,
             s.interpreted_insns,
             s.emulated,
+            s.early_settles,
             s.page_faults,
             s.dirty_pages,
             m.native_replays

@@ -195,6 +195,8 @@ pub struct NativeStats {
     pub dirty_pages: u64,
     /// Register-only instructions executed in place for the VM (see `inline_sites`).
     pub emulated: u64,
+    /// Times pending stretches were settled early to bound memory.
+    pub early_settles: u64,
     /// Times execution ran into a page that the interpreter must run.
     pub interpreted: u64,
     /// Instructions the interpreter executed (the rest ran natively).
@@ -1345,6 +1347,12 @@ impl NativeVm {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
                 s.after = m.icount - took_over;
                 u.stretches.push(s);
+                // Each pending stretch keeps its start state alive: settle before they
+                // add up (memory stays bounded; the replay is as long as the stretches).
+                if u.stretches.len() >= MAX_PENDING_STRETCHES {
+                    m.settle();
+                    self.stats.early_settles += 1;
+                }
             }
             match stop {
                 StopReason::Limit => {}
@@ -1715,6 +1723,9 @@ fn probe_undefined_flags() -> Option<bool> {
     }
     Some(true)
 }
+
+/// Native stretches whose lengths may stay unknown at once (see `NativeVm::run`).
+const MAX_PENDING_STRETCHES: usize = 1024;
 
 /// CF, PF, AF, ZF, SF and OF in RFLAGS.
 const STATUS_FLAGS: u64 = 0x8d5;
