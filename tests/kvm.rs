@@ -48,6 +48,26 @@ fn assert_backends_agree(bin: &Path, args: &[&str], input: &[u8]) {
             "{what}: {key} differs\n interp: {iline}\n kvm:    {kline}"
         );
     }
+    // Without the cross-check, stretches are settled on a background thread.
+    let mut p = fx86();
+    p.args(["run", "--backend", "kvm", "--stats", "--"])
+        .arg(bin)
+        .args(args);
+    let plain = run_with_input(p, input);
+    let pline = stats_line(&plain);
+    assert_eq!(
+        lossy(&plain.stdout),
+        lossy(&interp.stdout),
+        "{what}: stdout"
+    );
+    assert_eq!(status_code(&plain), status_code(&interp), "{what}: status");
+    for key in ["icount", "state", "exit"] {
+        assert_eq!(
+            stat_field(&pline, key),
+            stat_field(&iline, key),
+            "{what}: {key} differs without --cross-check\n interp: {iline}\n kvm:    {pline}"
+        );
+    }
 }
 
 #[test]

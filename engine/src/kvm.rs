@@ -264,9 +264,91 @@ pub(crate) struct Unsettled {
     /// The icount at the start of the first stretch.
     base: u64,
     stretches: Vec<Stretch>,
+    /// The `after` of each stretch handed to the background settler, oldest first (they
+    /// come before `stretches`).
+    in_flight: std::collections::VecDeque<u64>,
     /// The stretch that ended at the event being handled now, and the (relative) icount at
     /// which the interpreter took over.
     open: Option<(Stretch, u64)>,
+}
+
+/// Replays finished native stretches on another thread (a spare core) while the VM runs
+/// on, so that their lengths are mostly known by the time something asks for the icount.
+pub(crate) struct Settler {
+    jobs: Option<std::sync::mpsc::Sender<Stretch>>,
+    results: std::sync::mpsc::Receiver<Result<u64, String>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Settler {
+    fn spawn() -> Option<Settler> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Stretch>();
+        let (tx, results) = std::sync::mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("fx86-settle".into())
+            .spawn(move || {
+                let mut replayer = None;
+                for s in rx {
+                    if tx.send(replay_on(&mut replayer, &s)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Settler {
+            jobs: Some(jobs),
+            results,
+            worker: Some(worker),
+        })
+    }
+
+    /// Hands a finished stretch over; gives it back if the worker is gone.
+    fn send(&self, s: Stretch) -> Result<(), Stretch> {
+        match &self.jobs {
+            Some(j) => j.send(s).map_err(|e| e.0),
+            None => Err(s),
+        }
+    }
+
+    /// The length of the oldest stretch not collected yet (waits for it).
+    fn next(&self) -> Result<u64, String> {
+        self.results
+            .recv()
+            .unwrap_or_else(|_| Err("the settling thread stopped".into()))
+    }
+}
+
+impl Drop for Settler {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Replays stretch `s` in the interpreter on `replayer` (created on first use) up to the
+/// event that ended it; returns its length.
+fn replay_on(replayer: &mut Option<Box<Machine>>, s: &Stretch) -> Result<u64, String> {
+    let r = replayer
+        .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
+    r.restore(&s.start);
+    r.icount = 0;
+    r.pause_at_events = true;
+    r.pause_pages = Some(s.interp_pages.clone());
+    r.pause_sites = Some(s.trap_sites.clone());
+    r.paused = false;
+    r.ended = None;
+    let stop = r.run(u64::MAX);
+    if r.paused {
+        Ok(r.icount)
+    } else {
+        Err(format!(
+            "replaying a native stretch in the interpreter ended with {stop:?} after {} \
+             instructions instead of at the event that ended it natively",
+            r.icount
+        ))
+    }
 }
 
 /// A host for the replaying machine, which never reaches a syscall.
@@ -297,26 +379,7 @@ impl Machine {
     /// its length. The replaying machine is kept, with its decoded blocks.
     fn replay_stretch(&mut self, s: &Stretch) -> Result<u64, String> {
         self.native_replays += 1;
-        let r = self
-            .replayer
-            .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
-        r.restore(&s.start);
-        r.icount = 0;
-        r.pause_at_events = true;
-        r.pause_pages = Some(s.interp_pages.clone());
-        r.pause_sites = Some(s.trap_sites.clone());
-        r.paused = false;
-        r.ended = None;
-        let stop = r.run(u64::MAX);
-        if r.paused {
-            Ok(r.icount)
-        } else {
-            Err(format!(
-                "replaying a native stretch in the interpreter ended with {stop:?} after {} \
-                 instructions instead of at the event that ended it natively",
-                r.icount
-            ))
-        }
+        replay_on(&mut self.replayer, s)
     }
 
     /// Learns the lengths of all native stretches, making `icount` exact again.
@@ -336,6 +399,17 @@ impl Machine {
         };
         let mut ic = u.base;
         let mut result = Ok(());
+        for after in &u.in_flight {
+            let settler = self.settler.as_ref().expect("stretches in flight");
+            self.native_replays += 1;
+            match settler.next() {
+                Ok(n) => ic += n + after,
+                Err(e) => {
+                    result = Err(e);
+                    ic += after;
+                }
+            }
+        }
         for s in &u.stretches {
             match self.replay_stretch(s) {
                 Ok(n) => ic += n + s.after,
@@ -1280,6 +1354,9 @@ impl NativeVm {
         if let Some(s) = &m.ended {
             return Ok(s.clone());
         }
+        if m.settler.is_none() && !self.cross_check {
+            m.settler = Settler::spawn().map(Box::new);
+        }
         loop {
             self.push(m)?;
             let start = m.snapshot();
@@ -1313,6 +1390,7 @@ impl NativeVm {
                     m.unsettled = Some(Box::new(Unsettled {
                         base: took_over,
                         stretches: Vec::new(),
+                        in_flight: Default::default(),
                         open: Some((stretch, took_over)),
                     }))
                 }
@@ -1345,11 +1423,19 @@ impl NativeVm {
             self.stats.interpreted_insns += m.icount - m.native_settled - interp_from;
             if let Some(u) = m.unsettled.as_mut() {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
-                s.after = m.icount - took_over;
-                u.stretches.push(s);
+                let after = m.icount - took_over;
+                s.after = after;
+                let sent = match &m.settler {
+                    Some(t) => t.send(s),
+                    None => Err(s),
+                };
+                match sent {
+                    Ok(()) => u.in_flight.push_back(after),
+                    Err(s) => u.stretches.push(s),
+                }
                 // Each pending stretch keeps its start state alive: settle before they
                 // add up (memory stays bounded; the replay is as long as the stretches).
-                if u.stretches.len() >= MAX_PENDING_STRETCHES {
+                if u.stretches.len() + u.in_flight.len() >= MAX_PENDING_STRETCHES {
                     m.settle();
                     self.stats.early_settles += 1;
                 }

@@ -169,6 +169,8 @@ pub struct Machine {
     /// Native stretches (KVM backend) whose instruction counts are not known yet: while this
     /// is set, `icount` is not the guest's position; `now()` settles it.
     pub(crate) unsettled: Option<Box<crate::kvm::Unsettled>>,
+    /// Replays native stretches in the background (see `kvm::Settler`).
+    pub(crate) settler: Option<Box<crate::kvm::Settler>>,
     /// Native stretches replayed so far to learn their lengths.
     pub native_replays: u64,
     /// Instructions added to `icount` by settling native stretches (see `kvm`).
@@ -291,6 +293,7 @@ impl Machine {
             pause_sites: None,
             replayer: None,
             unsettled: None,
+            settler: None,
             native_replays: 0,
             native_settled: 0,
         }
