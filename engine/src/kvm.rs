@@ -275,14 +275,14 @@ pub(crate) struct Unsettled {
 /// Replays finished native stretches on another thread (a spare core) while the VM runs
 /// on, so that their lengths are mostly known by the time something asks for the icount.
 pub(crate) struct Settler {
-    jobs: Option<std::sync::mpsc::Sender<Stretch>>,
+    jobs: Option<std::sync::mpsc::Sender<Box<Stretch>>>,
     results: std::sync::mpsc::Receiver<Result<u64, String>>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Settler {
     fn spawn() -> Option<Settler> {
-        let (jobs, rx) = std::sync::mpsc::channel::<Stretch>();
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<Stretch>>();
         let (tx, results) = std::sync::mpsc::channel();
         let worker = std::thread::Builder::new()
             .name("fx86-settle".into())
@@ -303,7 +303,7 @@ impl Settler {
     }
 
     /// Hands a finished stretch over; gives it back if the worker is gone.
-    fn send(&self, s: Stretch) -> Result<(), Stretch> {
+    fn send(&self, s: Box<Stretch>) -> Result<(), Box<Stretch>> {
         match &self.jobs {
             Some(j) => j.send(s).map_err(|e| e.0),
             None => Err(s),
@@ -1426,12 +1426,12 @@ impl NativeVm {
                 let after = m.icount - took_over;
                 s.after = after;
                 let sent = match &m.settler {
-                    Some(t) => t.send(s),
-                    None => Err(s),
+                    Some(t) => t.send(Box::new(s)),
+                    None => Err(Box::new(s)),
                 };
                 match sent {
                     Ok(()) => u.in_flight.push_back(after),
-                    Err(s) => u.stretches.push(s),
+                    Err(s) => u.stretches.push(*s),
                 }
                 // Each pending stretch keeps its start state alive: settle before they
                 // add up (memory stays bounded; the replay is as long as the stretches).
