@@ -178,3 +178,41 @@ fn flags_and_fallbacks_explain_themselves() {
         lossy(&o.stderr)
     );
 }
+
+#[test]
+fn commands_kvm_does_not_drive_yet_say_so() {
+    // gdbserver, tui and record need exact positions as they run: kvm is refused with a
+    // reason, auto says it uses the interpreter and works.
+    for cmd in [
+        &["gdbserver", "--stdio"][..],
+        &["tui"][..],
+        &["record", "-o", "/dev/null"][..],
+    ] {
+        let mut k = fx86();
+        k.args(cmd).args(["--backend", "kvm", "--", "/bin/true"]);
+        let o = run_with_input(k, b"");
+        assert_eq!(status_code(&o), 2, "{cmd:?}: {}", lossy(&o.stderr));
+        let err = lossy(&o.stderr);
+        assert!(
+            err.contains("not supported yet") && err.contains("--backend interp"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let dir = scratch("kvm", "auto-record");
+    let rec = dir.join("true.fx86");
+    let mut a = fx86();
+    a.args(["record", "-o"])
+        .arg(&rec)
+        .args(["--backend", "auto", "--", "/bin/true"]);
+    let o = run_with_input(a, b"");
+    assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
+    assert!(
+        lossy(&o.stderr).contains("backend: interp"),
+        "{}",
+        lossy(&o.stderr)
+    );
+    let mut v = fx86();
+    v.arg("verify").arg(&rec);
+    assert_eq!(status_code(&run_with_input(v, b"")), 0);
+}
