@@ -278,18 +278,22 @@ pub(crate) struct Settler {
     jobs: Option<std::sync::mpsc::Sender<Box<Stretch>>>,
     results: std::sync::mpsc::Receiver<Result<u64, String>>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// Raised when nobody will ask for the lengths any more (the machine is dropped).
+    cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Settler {
     fn spawn() -> Option<Settler> {
         let (jobs, rx) = std::sync::mpsc::channel::<Box<Stretch>>();
         let (tx, results) = std::sync::mpsc::channel();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
         let worker = std::thread::Builder::new()
             .name("fx86-settle".into())
             .spawn(move || {
                 let mut replayer = None;
                 for s in rx {
-                    if tx.send(replay_on(&mut replayer, &s)).is_err() {
+                    if tx.send(replay_on(&mut replayer, &s, Some(&stop))).is_err() {
                         break;
                     }
                 }
@@ -299,6 +303,7 @@ impl Settler {
             jobs: Some(jobs),
             results,
             worker: Some(worker),
+            cancel,
         })
     }
 
@@ -320,6 +325,8 @@ impl Settler {
 
 impl Drop for Settler {
     fn drop(&mut self) {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.jobs = None;
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -329,7 +336,12 @@ impl Drop for Settler {
 
 /// Replays stretch `s` in the interpreter on `replayer` (created on first use) up to the
 /// event that ended it; returns its length.
-fn replay_on(replayer: &mut Option<Box<Machine>>, s: &Stretch) -> Result<u64, String> {
+/// With `cancel`, it gives up (in slices of a million instructions) once that is raised.
+fn replay_on(
+    replayer: &mut Option<Box<Machine>>,
+    s: &Stretch,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<u64, String> {
     let r = replayer
         .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
     r.restore(&s.start);
@@ -339,7 +351,18 @@ fn replay_on(replayer: &mut Option<Box<Machine>>, s: &Stretch) -> Result<u64, St
     r.pause_sites = Some(s.trap_sites.clone());
     r.paused = false;
     r.ended = None;
-    let stop = r.run(u64::MAX);
+    let stop = match cancel {
+        None => r.run(u64::MAX),
+        Some(c) => loop {
+            if c.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("cancelled".into());
+            }
+            let stop = r.run(r.icount.saturating_add(1 << 20));
+            if r.paused || stop != StopReason::Limit {
+                break stop;
+            }
+        },
+    };
     if r.paused {
         Ok(r.icount)
     } else {
@@ -379,7 +402,7 @@ impl Machine {
     /// its length. The replaying machine is kept, with its decoded blocks.
     fn replay_stretch(&mut self, s: &Stretch) -> Result<u64, String> {
         self.native_replays += 1;
-        replay_on(&mut self.replayer, s)
+        replay_on(&mut self.replayer, s, None)
     }
 
     /// Learns the lengths of all native stretches, making `icount` exact again.
