@@ -543,7 +543,8 @@ impl Machine {
                 p.range(rip >> 12..=last >> 12).next().is_some()
             });
             for op in block.iter() {
-                let budget = limit - self.icount;
+                // (Settling native stretches may move `icount` past `limit` mid-block.)
+                let budget = limit.saturating_sub(self.icount);
                 if budget == 0 {
                     return StopReason::Limit;
                 }
