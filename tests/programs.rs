@@ -245,3 +245,10 @@ fn program_found_on_path_and_args_env_pass_through() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn standard_streams_are_pipes_as_natively() {
+    let bin = build(&guest_src("stdio_kinds.c"), "gcc", "-O2");
+    let input: Vec<u8> = (0..20000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_same_as_native(&bin, &[], &input);
+}

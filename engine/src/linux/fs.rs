@@ -523,7 +523,9 @@ impl Machine {
                 mode: if self.kernel.tty { 0o620 } else { 0o600 },
                 size: 0,
                 ino: 3 + fd,
-                rdev: if self.kernel.tty { 136 << 8 } else { 0 },
+                // Not a terminal: a pipe (as /proc/self/fd says), never an empty regular
+                // file, which programs size their buffers by (GNU sort spilled each line).
+                rdev: if self.kernel.tty { 136 << 8 } else { u64::MAX },
                 mtime: FIXED_MTIME,
             },
             OfdKind::Null | OfdKind::Zero | OfdKind::Random => Meta {
