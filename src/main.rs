@@ -56,6 +56,10 @@ enum Cmd {
         /// stop if the two backends disagree about the state at its end (slow; for testing).
         #[arg(long)]
         cross_check: bool,
+        /// Testing aid for --backend kvm: act as if this CPU set undefined flags unlike the
+        /// model, so that instructions whose undefined flags can be seen are interpreted.
+        #[arg(long, hide = true)]
+        assume_host_flags_differ: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
@@ -713,11 +717,13 @@ fn main() -> Result<()> {
             snapshot_memory,
             backend,
             cross_check,
+            assume_host_flags_differ,
             prog,
         } => match open_backend(backend) {
             Ok(None) => run(stats, max_insns, seed, snapshot_memory, &prog),
             Ok(Some(mut vm)) => {
                 vm.cross_check = cross_check;
+                vm.host_flags_match &= !assume_host_flags_differ;
                 run_native(vm, stats, max_insns, seed, &prog)
             }
             Err(code) => code,
