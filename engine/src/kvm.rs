@@ -777,8 +777,15 @@ impl NativeVm {
         const ARCH_SET_CPUID: libc::c_int = 0x1012;
         // SAFETY: plain syscalls on the calling thread's own settings. Nothing in this thread
         // executes `cpuid` or `rdtsc` between turning the traps on and off again.
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        // CPUID faulting is often missing (as on PVM hosts): stop asking once refused.
+        static NO_CPUID_FAULTING: AtomicBool = AtomicBool::new(false);
         unsafe {
-            libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, (!on) as libc::c_ulong);
+            if !NO_CPUID_FAULTING.load(Relaxed)
+                && libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, (!on) as libc::c_ulong) != 0
+            {
+                NO_CPUID_FAULTING.store(true, Relaxed);
+            }
             libc::prctl(
                 libc::PR_SET_TSC,
                 if on {
