@@ -1567,8 +1567,12 @@ fn classify_page(
     if bytes.len() < PAGE_SIZE || seeds.is_empty() {
         return Err("no seeds".into());
     }
+    // One decoder, repositioned (making one per instruction cost more than decoding).
+    let decoder = std::cell::RefCell::new(Decoder::with_ip(64, bytes, base, DecoderOptions::NONE));
     let decode = |off: usize| -> Option<Instruction> {
-        let mut d = Decoder::with_ip(64, &bytes[off..], base + off as u64, DecoderOptions::NONE);
+        let mut d = decoder.borrow_mut();
+        d.set_position(off).ok()?;
+        d.set_ip(base + off as u64);
         let ins = d.decode();
         (!ins.is_invalid()).then_some(ins)
     };
@@ -1673,11 +1677,11 @@ fn classify_page(
     if let Some(c) = (0..PAGE_SIZE).find(|&c| !start[c] && !inside[c]) {
         return Err(format!("uncovered {c:#x}"));
     }
-    let insns: BTreeMap<usize, Instruction> = (0..PAGE_SIZE)
-        .filter(|&o| start[o])
-        .filter_map(|o| decode(o).map(|i| (o, i)))
-        .collect();
     if divergent {
+        let insns: BTreeMap<usize, Instruction> = (0..PAGE_SIZE)
+            .filter(|&o| start[o])
+            .filter_map(|o| decode(o).map(|i| (o, i)))
+            .collect();
         sites.extend(live_divergent(&insns, base));
     }
     sites.sort_unstable();
