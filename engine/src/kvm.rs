@@ -1877,38 +1877,27 @@ fn emulate_inline(ins: &iced_x86::Instruction) -> bool {
 /// operations and agree on `bsf`/`bsr`/`bt`, as the undefined-flags test shows).
 pub(crate) fn divergent_flags(ins: &iced_x86::Instruction) -> u32 {
     use iced_x86::Mnemonic as M;
-    if matches!(
-        ins.mnemonic(),
-        M::Shl
-            | M::Sal
-            | M::Shr
-            | M::Sar
-            | M::Rol
-            | M::Ror
-            | M::Rcl
-            | M::Rcr
-            | M::Shld
-            | M::Shrd
-            | M::Mul
-            | M::Imul
-            | M::Div
-            | M::Idiv
-    ) {
+    if is_shift(ins) || matches!(ins.mnemonic(), M::Mul | M::Imul | M::Div | M::Idiv) {
         ins.rflags_undefined()
     } else {
         0
     }
 }
 
+/// Shifts and rotates, double shifts included.
+fn is_shift(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    matches!(
+        ins.mnemonic(),
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd
+    )
+}
+
 /// The flags `ins` certainly overwrites, whatever its operands (a shift by CL or by a count
 /// that masks to 0 leaves the flags alone; a `rep` string instruction may run 0 times).
 fn flags_killed(ins: &iced_x86::Instruction) -> u32 {
-    use iced_x86::{Mnemonic as M, OpKind};
-    let shift = matches!(
-        ins.mnemonic(),
-        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd
-    );
-    if shift {
+    use iced_x86::OpKind;
+    if is_shift(ins) {
         let count = (0..ins.op_count())
             .rev()
             .find_map(|i| match ins.op_kind(i) {
