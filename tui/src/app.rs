@@ -140,7 +140,8 @@ impl App {
             KeyCode::Char('b') => self.prompt = ask(Prompt::Breakpoint),
             KeyCode::Char('w') => self.prompt = ask(Prompt::Watch),
             KeyCode::Char('m') => self.prompt = ask(Prompt::Memory),
-            _ if self.view.busy => {}
+            // Moves typed while one runs are not dropped: the engine thread runs them in
+            // order (Esc cancels the running one).
             KeyCode::Char('s') => return Some(Cmd::StepForward),
             KeyCode::Char('S') => return Some(Cmd::StepBack),
             KeyCode::Char('n') => return Some(Cmd::Next),

@@ -428,3 +428,23 @@ fn a_breakpoint_on_a_library_function_waits_for_its_library() {
     assert!(v2.status.contains("fprintf"), "{}", v2.status);
     assert!(v2.icount > v.icount);
 }
+
+#[test]
+fn keys_typed_during_a_move_are_kept() {
+    let (w, mut app) = start(Path::new("/bin/busybox"), &["echo", "typed ahead"]);
+    // The engine thread answers every command with a busy view first; keys that arrive
+    // before the move ends still count (the tmux test lost one of five `s` under load).
+    let mut v = app.view.clone();
+    v.busy = true;
+    app.set_view(v);
+    for _ in 0..3 {
+        let cmd = app.on_key(key('s')).expect("a step, even while busy");
+        assert_eq!(cmd, Cmd::StepForward);
+        w.send(cmd);
+    }
+    let mut v = w.wait_view().expect("view");
+    while v.busy || v.icount < 3 {
+        v = w.wait_view().expect("view");
+    }
+    assert_eq!(v.icount, 3);
+}
