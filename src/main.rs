@@ -115,7 +115,8 @@ enum Cmd {
         /// check that the recording made so far is still written.
         #[arg(long, value_name = "N", hide = true)]
         inject_failure_at: Option<u64>,
-        /// `interp` (default) or `auto`; `kvm` drives `fx86 run` only so far.
+        /// `interp` (default), `kvm` (the guest runs natively; checkpoints fall at VM exits
+        /// after each interval) or `auto`. Replays always use the interpreter.
         #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -755,10 +756,15 @@ fn main() -> Result<()> {
             inject_failure_at,
             backend,
             prog,
-        } => match interp_only("record", backend) {
-            Ok(()) => {
-                recordings::record(&output, checkpoint_interval, seed, inject_failure_at, &prog)
-            }
+        } => match open_backend(backend) {
+            Ok(vm) => recordings::record(
+                &output,
+                checkpoint_interval,
+                seed,
+                inject_failure_at,
+                vm,
+                &prog,
+            ),
             Err(code) => code,
         },
         Cmd::Replay { file, gdb, tui } => recordings::replay(&file, gdb.as_deref(), tui),

@@ -3,6 +3,7 @@
 //! terminal.
 
 use fx86_engine::host::{Host, StdHost};
+use fx86_engine::kvm::NativeVm;
 use fx86_engine::record::{self, Ending, RecordingHost};
 use fx86_engine::{Machine, StopReason, Timeline};
 use fx86_snapshots::recording::{Answer, Recording};
@@ -41,7 +42,15 @@ fn hex(h: &[u8; 32]) -> String {
 }
 
 /// `fx86 record -o FILE -- PROG ARGS`: runs like `fx86 run` and writes the recording.
-pub fn record(out: &Path, interval: u64, seed: u64, fail_at: Option<u64>, prog: &[String]) -> i32 {
+/// With `vm`, the guest runs natively on the KVM backend (see `record::record_native`).
+pub fn record(
+    out: &Path,
+    interval: u64,
+    seed: u64,
+    fail_at: Option<u64>,
+    vm: Option<NativeVm>,
+    prog: &[String],
+) -> i32 {
     // Find out now, not after a long run, that the recording cannot be written.
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -58,7 +67,11 @@ pub fn record(out: &Path, interval: u64, seed: u64, fail_at: Option<u64>, prog: 
             return code;
         }
     };
-    let rec = Arc::new(Mutex::new(record::start_recording(&bytes, &config)));
+    let mut started = record::start_recording(&bytes, &config);
+    if vm.is_some() {
+        started.manifest.recorder.push_str(" --backend kvm");
+    }
+    let rec = Arc::new(Mutex::new(started));
     let real: Box<dyn Host> = match fail_at {
         None => Box::new(StdHost::default()),
         Some(at) => Box::new(FailingHost {
@@ -77,22 +90,26 @@ pub fn record(out: &Path, interval: u64, seed: u64, fail_at: Option<u64>, prog: 
     catch_interrupts();
     // Should the engine itself fail, what was recorded so far is still written (ending at the
     // last checkpoint), never lost.
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        record::record(&mut m, &rec, interval, &INTERRUPTED)
-    }));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match vm {
+        None => Ok(record::record(&mut m, &rec, interval, &INTERRUPTED)),
+        Some(mut vm) => record::record_native(&mut vm, &mut m, &rec, interval, &INTERRUPTED)
+            .map_err(|e| format!("kvm backend: {e}")),
+    }))
+    .unwrap_or_else(|p| {
+        Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "internal error".into()))
+    });
     let mut failed = None;
-    let code = match &run {
-        Ok(Ending::Stopped(stop)) => crate::report(stop, m.icount),
+    let code = match run {
+        Ok(Ending::Stopped(stop)) => crate::report(&stop, m.icount),
         Ok(Ending::Interrupted) => {
             eprintln!("fx86 record: interrupted at icount {}", m.icount);
             130
         }
-        Err(p) => {
-            let why = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "internal error".into());
+        Err(why) => {
             eprintln!("fx86 record: fx86 failed at icount {}: {why}", m.icount);
             failed = Some(why);
             70

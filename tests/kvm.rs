@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use fx86_snapshots::recording::Recording;
 use std::path::Path;
 
 fn kvm_usable() -> bool {
@@ -189,13 +190,8 @@ fn flags_and_fallbacks_explain_themselves() {
 
 #[test]
 fn commands_kvm_does_not_drive_yet_say_so() {
-    // gdbserver, tui and record need exact positions as they run: kvm is refused with a
-    // reason, auto says it uses the interpreter and works.
-    for cmd in [
-        &["gdbserver", "--stdio"][..],
-        &["tui"][..],
-        &["record", "-o", "/dev/null"][..],
-    ] {
+    // gdbserver and tui need exact positions as they run: kvm is refused with a reason.
+    for cmd in [&["gdbserver", "--stdio"][..], &["tui"][..]] {
         let mut k = fx86();
         k.args(cmd).args(["--backend", "kvm", "--", "/bin/true"]);
         let o = run_with_input(k, b"");
@@ -216,11 +212,175 @@ fn commands_kvm_does_not_drive_yet_say_so() {
     let o = run_with_input(a, b"");
     assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
     assert!(
-        lossy(&o.stderr).contains("backend: interp"),
+        lossy(&o.stderr).contains("fx86: backend: "),
         "{}",
         lossy(&o.stderr)
     );
     let mut v = fx86();
     v.arg("verify").arg(&rec);
     assert_eq!(status_code(&run_with_input(v, b"")), 0);
+}
+
+/// Records `bin args` (with `input` on stdin) with each backend; returns the two recordings
+/// after checking that the kvm one verifies.
+fn record_both(dir: &Path, name: &str, bin: &Path, args: &[&str], input: &[u8]) -> [Recording; 2] {
+    let mut out = Vec::new();
+    for backend in ["interp", "kvm"] {
+        let file = dir.join(format!("{name}.{backend}.fxr"));
+        let mut c = fx86();
+        c.args([
+            "record",
+            "--backend",
+            backend,
+            "--checkpoint-interval",
+            "200000",
+            "-o",
+        ])
+        .arg(&file)
+        .arg("--")
+        .arg(bin)
+        .args(args);
+        let o = run_with_input(c, input);
+        assert!(
+            lossy(&o.stderr).contains("fx86 record: wrote"),
+            "{name} ({backend}): {}",
+            lossy(&o.stderr)
+        );
+        let mut v = fx86();
+        v.arg("verify").arg(&file);
+        let vo = run_with_input(v, b"");
+        assert_eq!(
+            status_code(&vo),
+            0,
+            "{name} ({backend}): {}",
+            lossy(&vo.stdout)
+        );
+        out.push(Recording::decode(&std::fs::read(&file).expect("read")).expect("decode"));
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!())
+}
+
+#[test]
+fn recordings_made_natively_equal_the_interpreters() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = scratch("kvm", "record");
+    let digest = build(&guest_src("digest.c"), "gcc", "-O2");
+    let file = dir.join("data.txt");
+    let mut r = Rng(11);
+    let text: String = (0..30000).map(|_| format!("{:x}\n", r.next())).collect();
+    std::fs::write(&file, &text).expect("write input");
+    let f = file.to_str().expect("utf-8");
+    for (name, bin, args) in [
+        ("digest", digest.as_path(), vec![f, "/usr"]),
+        ("sort", Path::new("/usr/bin/sort"), vec!["-S", "8M"]),
+    ] {
+        let [i, k] = record_both(&dir, name, bin, &args, text.as_bytes());
+        // The same run: the input was taken at the same icounts, the end is the same.
+        assert_eq!(k.end, i.end, "{name}: end");
+        assert_eq!(k.stdin, i.stdin, "{name}: stdin reads");
+        // (The same questions; directory mtimes change as the recordings are written.)
+        assert_eq!(
+            k.answers.keys().collect::<Vec<_>>(),
+            i.answers.keys().collect::<Vec<_>>(),
+            "{name}: host questions"
+        );
+        assert!(k.manifest.recorder.contains("--backend kvm"), "{name}");
+        assert!(!i.manifest.recorder.contains("kvm"), "{name}");
+        // The kvm recording's checkpoints fall at VM exits: each agrees with a straight
+        // interpreted run (`verify` above), and they are spread over the run.
+        assert!(k.checkpoints.len() >= 2, "{name}: {:?}", k.checkpoints);
+        assert!(k.checkpoints.windows(2).all(|w| w[1].0 >= w[0].0 + 200000));
+    }
+}
+
+#[test]
+fn gdb_goes_back_in_a_run_recorded_natively() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = scratch("kvm", "gdb");
+    let bin = build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
+        "gcc",
+        "-O0",
+    );
+    let mut c = fx86();
+    c.current_dir(&dir)
+        .args(["record", "--backend", "kvm", "-o", "bug.fxr", "--"])
+        .arg(&bin)
+        .arg("7");
+    let o = run_with_input(c, b"");
+    assert_eq!(status_code(&o), 139, "{}", lossy(&o.stderr));
+    let (out, rest) = gdb_with(
+        |addr| {
+            let mut c = fx86();
+            c.current_dir(&dir)
+                .args(["replay", "bug.fxr", "--gdb", addr]);
+            c
+        },
+        None,
+        &[
+            "continue",
+            "bt",
+            "up",
+            "watch -l t->report",
+            "reverse-continue",
+            "print i",
+            "reverse-stepi",
+            "monitor icount",
+            "kill",
+        ],
+    );
+    assert!(out.contains("SIGSEGV"), "{out}");
+    assert!(out.contains("record_scores"), "{out}");
+    assert!(out.contains("$1 = 8"), "{out}");
+    assert!(!rest.contains("panicked"), "{rest}");
+}
+
+#[test]
+fn ctrl_c_ends_a_native_recording_where_it_can_be_replayed() {
+    if !kvm_usable() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let dir = scratch("kvm", "interrupt");
+    let bin = build(&guest_src("spin.c"), "gcc", "-O2");
+    let mut child = fx86()
+        .current_dir(&dir)
+        .args(["record", "--backend", "kvm", "-o", "spin.fxr", "--"])
+        .arg(&bin)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start fx86 record");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert_eq!(first, "spinning\n");
+    // Now in a native stretch that never leaves the VM by itself.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().expect("wait");
+    let err = lossy(&o.stderr);
+    assert_eq!(status_code(&o), 130, "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("wrote"),
+        "{err}"
+    );
+    let mut v = fx86();
+    v.current_dir(&dir).args(["verify", "spin.fxr"]);
+    let vo = run_with_input(v, b"");
+    assert_eq!(status_code(&vo), 0, "{}", lossy(&vo.stdout));
+    let mut r = fx86();
+    r.current_dir(&dir).args(["replay", "spin.fxr"]);
+    let ro = run_with_input(r, b"");
+    assert_eq!(status_code(&ro), 130, "{}", lossy(&ro.stderr));
+    assert_eq!(lossy(&ro.stdout), "spinning\n");
 }

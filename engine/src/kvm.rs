@@ -179,6 +179,16 @@ enum Event {
         rflags: u64,
         rsp: u64,
     },
+    /// A signal interrupted `KVM_RUN` and the run is to stop (see `NativeVm::stop`).
+    Interrupted,
+}
+
+/// How `KVM_RUN` returned.
+enum Ran {
+    Halted,
+    Shutdown,
+    Interrupted,
+    Other(String),
 }
 
 /// Counters for the benchmark and `--stats`.
@@ -244,6 +254,11 @@ pub struct NativeVm {
     /// This CPU sets undefined flags as the model does (see `host_flags_match_model`); if
     /// not, instructions whose undefined flags could be observed are interpreted.
     pub host_flags_match: bool,
+    /// Raised to stop the run (Ctrl-C): checked at every exit, and a signal that interrupts
+    /// `KVM_RUN` ends the run at the start of the stretch it cut short.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+    /// A stretch was cut short by `stop`: the VM cannot go on.
+    interrupted: bool,
     pub stats: NativeStats,
 }
 
@@ -257,6 +272,41 @@ pub(crate) struct Stretch {
     /// Instructions the interpreter executed after the stretch ended (the syscall, the
     /// faulting instruction, or the code on pages that are always interpreted).
     after: u64,
+    /// The exact icount at its start, for the first stretch of a run of unsettled ones (the
+    /// settling thread counts on from there).
+    base: Option<u64>,
+}
+
+/// State-hash checkpoints of a run on the KVM backend (for recordings): the settling thread
+/// takes one at the start of the first native stretch at or after each `interval`
+/// instructions, where it knows the exact icount and the stretch's start state.
+#[derive(Debug, Default)]
+pub struct CheckpointLog {
+    pub interval: u64,
+    /// The icount from which the next checkpoint is due.
+    pub next: u64,
+    /// (icount, state hash), in icount order.
+    pub taken: Vec<(u64, [u8; 32])>,
+}
+
+type SharedLog = Option<Arc<std::sync::Mutex<CheckpointLog>>>;
+
+impl CheckpointLog {
+    /// `at` if a checkpoint is due there (the exact icount at the start of a stretch).
+    fn due(log: &SharedLog, at: Option<u64>) -> Option<u64> {
+        let (log, at) = (log.as_ref()?, at?);
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        (at >= log.next).then_some(at)
+    }
+
+    /// Writes down the checkpoint taken at `at` (if one was due).
+    fn note(log: &SharedLog, at: Option<u64>, hash: Option<blake3::Hash>) {
+        if let (Some(log), Some(at), Some(h)) = (log, at, hash) {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.taken.push((at, *h.as_bytes()));
+            log.next = at + log.interval.max(1);
+        }
+    }
 }
 
 /// Native stretches whose lengths are not known yet (see the module comment).
@@ -283,7 +333,7 @@ pub(crate) struct Settler {
 }
 
 impl Settler {
-    fn spawn() -> Option<Settler> {
+    fn spawn(checkpoints: SharedLog) -> Option<Settler> {
         let (jobs, rx) = std::sync::mpsc::channel::<Box<Stretch>>();
         let (tx, results) = std::sync::mpsc::channel();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -291,9 +341,22 @@ impl Settler {
         let worker = std::thread::Builder::new()
             .name("fx86-settle".into())
             .spawn(move || {
+                block_interrupts();
                 let mut replayer = None;
+                // The exact icount at the start of the next stretch, when known.
+                let mut at: Option<u64> = None;
                 for s in rx {
-                    if tx.send(replay_on(&mut replayer, &s, Some(&stop))).is_err() {
+                    at = s.base.or(at);
+                    let due = CheckpointLog::due(&checkpoints, at);
+                    let r = replay_on(&mut replayer, &s, Some(&stop), due);
+                    if let Ok((_, h)) = &r {
+                        CheckpointLog::note(&checkpoints, due, *h);
+                    }
+                    at = match (&r, at) {
+                        (Ok((n, _)), Some(a)) => Some(a + n + s.after),
+                        _ => None,
+                    };
+                    if tx.send(r.map(|(n, _)| n)).is_err() {
                         break;
                     }
                 }
@@ -334,17 +397,37 @@ impl Drop for Settler {
     }
 }
 
+/// Signals that stop fx86 (Ctrl-C) go to the thread that runs the VM, never to this one, so
+/// that they can interrupt `KVM_RUN`.
+fn block_interrupts() {
+    // SAFETY: plain signal-mask calls on this thread's own mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Replays stretch `s` in the interpreter on `replayer` (created on first use) up to the
-/// event that ended it; returns its length.
+/// event that ended it; returns its length, and with `hash_at` (the exact icount at its
+/// start) the state hash at its start.
 /// With `cancel`, it gives up (in slices of a million instructions) once that is raised.
 fn replay_on(
     replayer: &mut Option<Box<Machine>>,
     s: &Stretch,
     cancel: Option<&std::sync::atomic::AtomicBool>,
-) -> Result<u64, String> {
+    hash_at: Option<u64>,
+) -> Result<(u64, Option<blake3::Hash>), String> {
     let r = replayer
         .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
     r.restore(&s.start);
+    let hash = hash_at.map(|at| {
+        r.icount = at;
+        r.state_hash()
+    });
     r.icount = 0;
     r.pause_at_events = true;
     r.pause_pages = Some(s.interp_pages.clone());
@@ -364,7 +447,7 @@ fn replay_on(
         },
     };
     if r.paused {
-        Ok(r.icount)
+        Ok((r.icount, hash))
     } else {
         Err(format!(
             "replaying a native stretch in the interpreter ended with {stop:?} after {} \
@@ -400,9 +483,18 @@ impl Host for NoHost {
 impl Machine {
     /// Replays a native stretch in the interpreter up to the event that ended it; returns
     /// its length. The replaying machine is kept, with its decoded blocks.
-    fn replay_stretch(&mut self, s: &Stretch) -> Result<u64, String> {
+    /// A checkpoint is taken at its start (exact icount `at`) if one is due.
+    fn replay_stretch(&mut self, s: &Stretch, at: u64) -> Result<u64, String> {
         self.native_replays += 1;
-        replay_on(&mut self.replayer, s, None)
+        let due = CheckpointLog::due(&self.checkpoint_log, Some(at));
+        let (n, h) = replay_on(&mut self.replayer, s, None, due)?;
+        CheckpointLog::note(&self.checkpoint_log, due, h);
+        Ok(n)
+    }
+
+    /// Takes state-hash checkpoints into `log` while settling (see `CheckpointLog`).
+    pub fn log_checkpoints(&mut self, log: Arc<std::sync::Mutex<CheckpointLog>>) {
+        self.checkpoint_log = Some(log);
     }
 
     /// Learns the lengths of all native stretches, making `icount` exact again.
@@ -434,7 +526,7 @@ impl Machine {
             }
         }
         for s in &u.stretches {
-            match self.replay_stretch(s) {
+            match self.replay_stretch(s, ic) {
                 Ok(n) => ic += n + s.after,
                 Err(e) => {
                     result = Err(e);
@@ -444,7 +536,7 @@ impl Machine {
         }
         if let Some((s, took_over)) = &u.open {
             let done = self.icount - took_over;
-            match self.replay_stretch(s) {
+            match self.replay_stretch(s, ic) {
                 Ok(n) => {
                     ic += n;
                     if let (Some(syscall), true) = (check, result.is_ok()) {
@@ -587,6 +679,8 @@ impl NativeVm {
             tried: BTreeMap::new(),
             cross_check: false,
             host_flags_match: host_flags_match_model(),
+            stop: None,
+            interrupted: false,
             stats: NativeStats::default(),
         };
         v.build_system()?;
@@ -1155,20 +1249,37 @@ impl NativeVm {
     }
 
     /// Runs the guest until an event the interpreter must handle.
+    fn stopping(&self) -> bool {
+        self.stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn enter(&mut self, m: &mut Machine) -> Result<Event, String> {
         loop {
             self.stats.entries += 1;
             Self::trap_cpuid_and_tsc(true);
-            let ran = self.vcpu.run();
+            // (The exit borrows the vCPU: only what matters is kept.)
+            let ran = self.vcpu.run().map(|e| match e {
+                VcpuExit::Hlt => Ran::Halted,
+                VcpuExit::Shutdown => Ran::Shutdown,
+                VcpuExit::Intr => Ran::Interrupted,
+                other => Ran::Other(format!("unexpected VM exit {other:?}")),
+            });
             Self::trap_cpuid_and_tsc(false);
             let exit = match ran {
-                Ok(VcpuExit::Hlt) => None,
-                Ok(VcpuExit::Shutdown) => {
+                Ok(Ran::Halted) => None,
+                Ok(Ran::Shutdown) => {
                     Some("the VM shut down (a fault while handling a fault)".to_string())
                 }
-                Ok(VcpuExit::Intr) => continue,
-                Ok(other) => Some(format!("unexpected VM exit {other:?}")),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Ok(Ran::Interrupted) if self.stopping() => return Ok(Event::Interrupted),
+                Ok(Ran::Interrupted) => continue,
+                Ok(Ran::Other(e)) => Some(e),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if self.stopping() {
+                        return Ok(Event::Interrupted);
+                    }
+                    continue;
+                }
                 Err(e) => Some(format!("KVM_RUN failed: {e}")),
             };
             if let Some(e) = exit {
@@ -1331,6 +1442,7 @@ impl NativeVm {
                 rsp,
                 ..
             } => (regs, *rip, *rflags, *rsp),
+            Event::Interrupted => return Err("no state to take after an interruption".into()),
         };
         m.cpu.gpr = [
             regs.rax, regs.rcx, regs.rdx, regs.rbx, rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
@@ -1385,12 +1497,25 @@ impl NativeVm {
             return Ok(s.clone());
         }
         if m.settler.is_none() && !self.cross_check {
-            m.settler = Settler::spawn().map(Box::new);
+            m.settler = Settler::spawn(m.checkpoint_log.clone()).map(Box::new);
+        }
+        if self.interrupted {
+            return Err("the VM was interrupted in the middle of a native stretch".into());
         }
         loop {
+            if self.stopping() {
+                return Ok(StopReason::Limit);
+            }
             self.push(m)?;
             let start = m.snapshot();
             let ev = self.enter(m)?;
+            if let Event::Interrupted = ev {
+                // Where in the stretch it stopped is unknown (no counters): the run ends at
+                // the start of the stretch, and the VM's frames no longer match the engine.
+                m.restore(&start);
+                self.interrupted = true;
+                return Ok(StopReason::Limit);
+            }
             // As they were when the stretch ended: pages mapped during it (on first touch)
             // were never executed natively before they were mapped.
             let interp_pages = self.interp_pages.clone();
@@ -1399,6 +1524,7 @@ impl NativeVm {
             let (syscall, interpret) = match ev {
                 Event::Syscall(_) => (true, false),
                 Event::Exception { interpret, .. } => (false, interpret),
+                Event::Interrupted => unreachable!("handled above"),
             };
             if syscall {
                 self.stats.syscalls += 1;
@@ -1413,6 +1539,7 @@ impl NativeVm {
                 interp_pages,
                 trap_sites,
                 after: 0,
+                base: None,
             };
             match &mut m.unsettled {
                 Some(u) => u.open = Some((stretch, took_over)),
@@ -1455,6 +1582,9 @@ impl NativeVm {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
                 let after = m.icount - took_over;
                 s.after = after;
+                if u.in_flight.is_empty() && u.stretches.is_empty() {
+                    s.base = Some(u.base);
+                }
                 let sent = match &m.settler {
                     Some(t) => t.send(Box::new(s)),
                     None => Err(Box::new(s)),

@@ -171,6 +171,8 @@ pub struct Machine {
     pub(crate) unsettled: Option<Box<crate::kvm::Unsettled>>,
     /// Replays native stretches in the background (see `kvm::Settler`).
     pub(crate) settler: Option<Box<crate::kvm::Settler>>,
+    /// Checkpoints taken while settling native stretches (recordings on the KVM backend).
+    pub(crate) checkpoint_log: Option<Arc<std::sync::Mutex<crate::kvm::CheckpointLog>>>,
     /// Native stretches replayed so far to learn their lengths.
     pub native_replays: u64,
     /// Instructions added to `icount` by settling native stretches (see `kvm`).
@@ -294,6 +296,7 @@ impl Machine {
             replayer: None,
             unsettled: None,
             settler: None,
+            checkpoint_log: None,
             native_replays: 0,
             native_settled: 0,
         }
@@ -509,6 +512,8 @@ impl Machine {
             None
         };
         self.mem.watch_hit = None;
+        // (block start, last byte) → (touches a pause page, holds a pause site).
+        let mut pause_cache = [(u64::MAX, 0u64, false, false); 64];
         loop {
             if self.icount >= limit {
                 return StopReason::Limit;
@@ -537,11 +542,25 @@ impl Machine {
             // blocks; invalidation while the block runs only marks it stale (`cur_start`).
             let block: &[Op] = unsafe { &*Arc::as_ptr(cur) };
             // Replaying a native stretch: look closer only in blocks that touch a page
-            // that had to be interpreted.
-            let check_pages = pause_pages.as_ref().is_some_and(|p| {
+            // that had to be interpreted, or hold a site patched to leave the VM (found
+            // once per block start, not on every execution of the block).
+            let (check_pages, check_sites) = if pausing {
                 let last = block.last().map_or(rip, |o| o.next - 1);
-                p.range(rip >> 12..=last >> 12).next().is_some()
-            });
+                let slot = &mut pause_cache[((rip ^ (rip >> 7)) & 63) as usize];
+                if (slot.0, slot.1) != (rip, last) {
+                    let pages = pause_pages
+                        .as_ref()
+                        .is_some_and(|p| p.range(rip >> 12..=last >> 12).next().is_some());
+                    let sites = self
+                        .pause_sites
+                        .as_ref()
+                        .is_some_and(|s| s.range(rip..=last).next().is_some());
+                    *slot = (rip, last, pages, sites);
+                }
+                (slot.2, slot.3)
+            } else {
+                (false, false)
+            };
             for op in block.iter() {
                 // (Settling native stretches may move `icount` past `limit` mid-block.)
                 let budget = limit.saturating_sub(self.icount);
@@ -554,6 +573,7 @@ impl Machine {
                 if pausing
                     && (op.native_trap
                         || op.divergent
+                            && check_sites
                             && self
                                 .pause_sites
                                 .as_ref()

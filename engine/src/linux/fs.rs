@@ -733,6 +733,10 @@ impl Machine {
                 if at.is_some() {
                     return Err(ESPIPE);
                 }
+                // Input is keyed by the exact icount of the read that took it (recordings),
+                // even on the KVM backend, where other syscalls need not settle.
+                let icount = self.now();
+                self.host.at_icount(icount);
                 self.host.read_stdin(n)
             }
             OfdKind::Stdout | OfdKind::Stderr => return Err(EBADF),
