@@ -60,6 +60,10 @@ enum Cmd {
         /// model, so that instructions whose undefined flags can be seen are interpreted.
         #[arg(long, hide = true)]
         assume_host_flags_differ: bool,
+        /// With --backend kvm: interrupt the VM every N milliseconds, cutting long native
+        /// stretches at exact states (found again by replay); recordings do this on their own.
+        #[arg(long, value_name = "N")]
+        kick_ms: Option<u64>,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
@@ -119,6 +123,10 @@ enum Cmd {
         /// after each interval) or `auto`. Replays always use the interpreter.
         #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
+        /// With --backend kvm: interrupt the VM every N milliseconds, so that checkpoints
+        /// also fall inside long computations without system calls.
+        #[arg(long, value_name = "N", default_value_t = fx86_engine::record::DEFAULT_KICK_MS)]
+        kick_ms: u64,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
@@ -382,9 +390,10 @@ fn run_native(
         let s = vm.stats;
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
-             settle={settle:.3} syscalls={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} early_settles={} page_faults={} dirty_pages={} replays={}",
+             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} early_settles={} page_faults={} dirty_pages={} replays={}",
             hash.to_hex(),
             s.syscalls,
+            s.kicks,
             s.exceptions,
             if vm.host_flags_match { "model" } else { "differ" },
             s.interpreted,
@@ -719,12 +728,16 @@ fn main() -> Result<()> {
             backend,
             cross_check,
             assume_host_flags_differ,
+            kick_ms,
             prog,
         } => match open_backend(backend) {
             Ok(None) => run(stats, max_insns, seed, snapshot_memory, &prog),
             Ok(Some(mut vm)) => {
                 vm.cross_check = cross_check;
                 vm.host_flags_match &= !assume_host_flags_differ;
+                if let Some(ms) = kick_ms {
+                    vm.kick_every(std::time::Duration::from_millis(ms.max(1)));
+                }
                 run_native(vm, stats, max_insns, seed, &prog)
             }
             Err(code) => code,
@@ -755,16 +768,22 @@ fn main() -> Result<()> {
             seed,
             inject_failure_at,
             backend,
+            kick_ms,
             prog,
         } => match open_backend(backend) {
-            Ok(vm) => recordings::record(
-                &output,
-                checkpoint_interval,
-                seed,
-                inject_failure_at,
-                vm,
-                &prog,
-            ),
+            Ok(mut vm) => {
+                if let Some(vm) = vm.as_mut() {
+                    vm.kick_every(std::time::Duration::from_millis(kick_ms.max(1)));
+                }
+                recordings::record(
+                    &output,
+                    checkpoint_interval,
+                    seed,
+                    inject_failure_at,
+                    vm,
+                    &prog,
+                )
+            }
             Err(code) => code,
         },
         Cmd::Replay { file, gdb, tui } => recordings::replay(&file, gdb.as_deref(), tui),

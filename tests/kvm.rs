@@ -28,9 +28,20 @@ fn assert_backends_agree(bin: &Path, args: &[&str], input: &[u8]) {
     i.args(["run", "--stats", "--"]).arg(bin).args(args);
     let interp = run_with_input(i, input);
     let mut k = fx86();
-    k.args(["run", "--backend", "kvm", "--cross-check", "--stats", "--"])
-        .arg(bin)
-        .args(args);
+    // Kicked out every millisecond too: stretches also end at arbitrary instruction
+    // boundaries, which the replay must find again.
+    k.args([
+        "run",
+        "--backend",
+        "kvm",
+        "--cross-check",
+        "--kick-ms",
+        "1",
+        "--stats",
+        "--",
+    ])
+    .arg(bin)
+    .args(args);
     let kvm = run_with_input(k, input);
     let what = format!("{} {:?}", bin.display(), args);
     let kline = stats_line(&kvm);
@@ -57,6 +68,8 @@ fn assert_backends_agree(bin: &Path, args: &[&str], input: &[u8]) {
         "--backend",
         "kvm",
         "--assume-host-flags-differ",
+        "--kick-ms",
+        "1",
         "--stats",
         "--",
     ])
@@ -296,6 +309,38 @@ fn recordings_made_natively_equal_the_interpreters() {
 }
 
 #[test]
+fn kicks_put_checkpoints_inside_computations_without_system_calls() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = scratch("kvm", "kicks");
+    let spin = build(&guest_src("spin.c"), "gcc", "-O2");
+    let file = dir.join("spin.fxr");
+    let mut c = fx86();
+    c.args(["record", "--backend", "kvm", "--kick-ms", "1"])
+        .args(["--checkpoint-interval", "1000000", "-o"])
+        .arg(&file)
+        .arg("--")
+        .arg(&spin)
+        .arg("5000000");
+    let o = run_with_input(c, b"");
+    assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
+    let mut v = fx86();
+    v.arg("verify").arg(&file);
+    let vo = run_with_input(v, b"");
+    assert_eq!(status_code(&vo), 0, "{}", lossy(&vo.stdout));
+    let r = Recording::decode(&std::fs::read(&file).expect("read")).expect("decode");
+    // The loop makes no system call: only kicks (native stretches cut every millisecond and
+    // found again by replay) put checkpoints inside it.
+    let inside = r
+        .checkpoints
+        .iter()
+        .filter(|c| c.0 > 1_000_000 && c.0 + 1_000_000 < r.end.icount)
+        .count();
+    assert!(inside >= 3, "{:?} of {}", r.checkpoints, r.end.icount);
+}
+
+#[test]
 fn gdb_goes_back_in_a_run_recorded_natively() {
     if !kvm_usable() {
         return;
@@ -362,7 +407,7 @@ fn ctrl_c_ends_a_native_recording_where_it_can_be_replayed() {
         .expect("read");
     assert_eq!(first, "spinning\n");
     // Now in a native stretch that never leaves the VM by itself.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(50));
     // SAFETY: a signal to our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);

@@ -181,6 +181,76 @@ enum Event {
     },
     /// A signal interrupted `KVM_RUN` and the run is to stop (see `NativeVm::stop`).
     Interrupted,
+    /// The timer kicked the VM out at an instruction boundary in user code.
+    Kicked {
+        regs: kvm_regs,
+        rip: u64,
+        rflags: u64,
+        rsp: u64,
+    },
+}
+
+/// The signal that kicks the VM out of `KVM_RUN`.
+const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
+
+extern "C" fn on_kick(_sig: libc::c_int) {}
+
+/// A thread that interrupts `KVM_RUN` on the VM's thread every period, so that long native
+/// stretches end at known states (snapshots, checkpoints) even without system calls.
+struct Kicker {
+    /// Set while the VM's thread is in `KVM_RUN` (signals at other times are not sent).
+    in_vm: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Kicker {
+    /// Kicks the calling thread every `period`.
+    fn start(period: std::time::Duration) -> Option<Kicker> {
+        // SAFETY: a handler that does nothing; SA_RESTART, so that the signal does not
+        // interrupt fx86's other system calls.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(KICK_SIGNAL, &sa, std::ptr::null_mut());
+        }
+        // SAFETY: the calling thread's own id.
+        let target = unsafe { libc::pthread_self() };
+        let in_vm = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (inside, finished) = (in_vm.clone(), done.clone());
+        let thread = std::thread::Builder::new()
+            .name("fx86-kick".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                while !finished.load(Relaxed) {
+                    std::thread::sleep(period);
+                    if inside.load(Relaxed) && !finished.load(Relaxed) {
+                        // SAFETY: the VM's thread outlives this one (joined on drop).
+                        unsafe {
+                            libc::pthread_kill(target, KICK_SIGNAL);
+                        }
+                    }
+                }
+            })
+            .ok()?;
+        Some(Kicker {
+            in_vm,
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Kicker {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How `KVM_RUN` returned.
@@ -205,6 +275,8 @@ pub struct NativeStats {
     pub dirty_pages: u64,
     /// Register-only instructions executed in place for the VM (see `inline_sites`).
     pub emulated: u64,
+    /// Native stretches ended by a timer kick (see `NativeVm::kick_every`).
+    pub kicks: u64,
     /// Times pending stretches were settled early to bound memory.
     pub early_settles: u64,
     /// Times execution ran into a page that the interpreter must run.
@@ -259,6 +331,11 @@ pub struct NativeVm {
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
     /// A stretch was cut short by `stop`: the VM cannot go on.
     interrupted: bool,
+    kicker: Option<Kicker>,
+    /// A kick set the trap flag: the next single-step trap in user code ends the stretch.
+    kick_pending: bool,
+    /// A kick set the trap flag during this stretch (it is not the guest's).
+    tf_by_kick: bool,
     pub stats: NativeStats,
 }
 
@@ -275,6 +352,19 @@ pub(crate) struct Stretch {
     /// The exact icount at its start, for the first stretch of a run of unsettled ones (the
     /// settling thread counts on from there).
     base: Option<u64>,
+    /// A timer kick ended it, in this state (otherwise an event did).
+    kicked: Option<crate::machine::PauseMatch>,
+}
+
+/// What replaying a stretch found.
+struct Replayed {
+    len: u64,
+    /// The state hash at its start (if asked for).
+    hash: Option<blake3::Hash>,
+    /// For a stretch a kick ended while the host's undefined flags differ from the model's:
+    /// the model's RFLAGS at its end. The VM's may hold other values in bits no instruction
+    /// reads before writing them; the next stretch starts from the model's.
+    flags: Option<u64>,
 }
 
 /// State-hash checkpoints of a run on the KVM backend (for recordings): the settling thread
@@ -326,7 +416,7 @@ pub(crate) struct Unsettled {
 /// on, so that their lengths are mostly known by the time something asks for the icount.
 pub(crate) struct Settler {
     jobs: Option<std::sync::mpsc::Sender<Box<Stretch>>>,
-    results: std::sync::mpsc::Receiver<Result<u64, String>>,
+    results: std::sync::mpsc::Receiver<Result<(u64, Option<u64>), String>>,
     worker: Option<std::thread::JoinHandle<()>>,
     /// Raised when nobody will ask for the lengths any more (the machine is dropped).
     cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -345,18 +435,21 @@ impl Settler {
                 let mut replayer = None;
                 // The exact icount at the start of the next stretch, when known.
                 let mut at: Option<u64> = None;
+                let mut flags = None;
                 for s in rx {
-                    at = s.base.or(at);
-                    let due = CheckpointLog::due(&checkpoints, at);
-                    let r = replay_on(&mut replayer, &s, Some(&stop), due);
-                    if let Ok((_, h)) = &r {
-                        CheckpointLog::note(&checkpoints, due, *h);
+                    if s.base.is_some() {
+                        (at, flags) = (s.base, None);
                     }
-                    at = match (&r, at) {
-                        (Ok((n, _)), Some(a)) => Some(a + n + s.after),
-                        _ => None,
+                    let due = CheckpointLog::due(&checkpoints, at);
+                    let r = replay_on(&mut replayer, &s, Some(&stop), due, flags);
+                    if let Ok(r) = &r {
+                        CheckpointLog::note(&checkpoints, due, r.hash);
+                    }
+                    (at, flags) = match (&r, at) {
+                        (Ok(r), Some(a)) => (Some(a + r.len + s.after), r.flags),
+                        _ => (None, None),
                     };
-                    if tx.send(r.map(|(n, _)| n)).is_err() {
+                    if tx.send(r.map(|r| (r.len, r.flags))).is_err() {
                         break;
                     }
                 }
@@ -379,7 +472,7 @@ impl Settler {
     }
 
     /// The length of the oldest stretch not collected yet (waits for it).
-    fn next(&self) -> Result<u64, String> {
+    fn next(&self) -> Result<(u64, Option<u64>), String> {
         self.results
             .recv()
             .unwrap_or_else(|_| Err("the settling thread stopped".into()))
@@ -412,18 +505,24 @@ fn block_interrupts() {
 }
 
 /// Replays stretch `s` in the interpreter on `replayer` (created on first use) up to the
-/// event that ended it; returns its length, and with `hash_at` (the exact icount at its
-/// start) the state hash at its start.
+/// event (or the state of the kick) that ended it; returns its length, and with `hash_at`
+/// (the exact icount at its start) the state hash at its start. `flags`: the model's RFLAGS
+/// at its start if the previous stretch ended with a kick (see `Replayed::flags`).
 /// With `cancel`, it gives up (in slices of a million instructions) once that is raised.
 fn replay_on(
     replayer: &mut Option<Box<Machine>>,
     s: &Stretch,
     cancel: Option<&std::sync::atomic::AtomicBool>,
     hash_at: Option<u64>,
-) -> Result<(u64, Option<blake3::Hash>), String> {
+    flags: Option<u64>,
+) -> Result<Replayed, String> {
     let r = replayer
         .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
     r.restore(&s.start);
+    if let Some(f) = flags {
+        r.cpu.set_rflags(f);
+    }
+    r.pause_match = s.kicked.clone();
     let hash = hash_at.map(|at| {
         r.icount = at;
         r.state_hash()
@@ -447,7 +546,15 @@ fn replay_on(
         },
     };
     if r.paused {
-        Ok((r.icount, hash))
+        let flags = s
+            .kicked
+            .as_ref()
+            .and_then(|k| (k.ignore != 0).then(|| r.cpu.rflags()));
+        Ok(Replayed {
+            len: r.icount,
+            hash,
+            flags,
+        })
     } else {
         Err(format!(
             "replaying a native stretch in the interpreter ended with {stop:?} after {} \
@@ -484,12 +591,17 @@ impl Machine {
     /// Replays a native stretch in the interpreter up to the event that ended it; returns
     /// its length. The replaying machine is kept, with its decoded blocks.
     /// A checkpoint is taken at its start (exact icount `at`) if one is due.
-    fn replay_stretch(&mut self, s: &Stretch, at: u64) -> Result<u64, String> {
+    fn replay_stretch(
+        &mut self,
+        s: &Stretch,
+        at: u64,
+        flags: Option<u64>,
+    ) -> Result<Replayed, String> {
         self.native_replays += 1;
         let due = CheckpointLog::due(&self.checkpoint_log, Some(at));
-        let (n, h) = replay_on(&mut self.replayer, s, None, due)?;
-        CheckpointLog::note(&self.checkpoint_log, due, h);
-        Ok(n)
+        let r = replay_on(&mut self.replayer, s, None, due, flags)?;
+        CheckpointLog::note(&self.checkpoint_log, due, r.hash);
+        Ok(r)
     }
 
     /// Takes state-hash checkpoints into `log` while settling (see `CheckpointLog`).
@@ -514,11 +626,16 @@ impl Machine {
         };
         let mut ic = u.base;
         let mut result = Ok(());
+        // The model's flags where the last stretch a kick ended (see `Replayed::flags`).
+        let mut flags = None;
         for after in &u.in_flight {
             let settler = self.settler.as_ref().expect("stretches in flight");
             self.native_replays += 1;
             match settler.next() {
-                Ok(n) => ic += n + after,
+                Ok((n, f)) => {
+                    ic += n + after;
+                    flags = f;
+                }
                 Err(e) => {
                     result = Err(e);
                     ic += after;
@@ -526,8 +643,11 @@ impl Machine {
             }
         }
         for s in &u.stretches {
-            match self.replay_stretch(s, ic) {
-                Ok(n) => ic += n + s.after,
+            match self.replay_stretch(s, ic, flags) {
+                Ok(r) => {
+                    ic += r.len + s.after;
+                    flags = r.flags;
+                }
                 Err(e) => {
                     result = Err(e);
                     ic += s.after;
@@ -536,9 +656,13 @@ impl Machine {
         }
         if let Some((s, took_over)) = &u.open {
             let done = self.icount - took_over;
-            match self.replay_stretch(s, ic) {
-                Ok(n) => {
-                    ic += n;
+            match self.replay_stretch(s, ic, flags) {
+                Ok(r) => {
+                    ic += r.len;
+                    flags = r.flags;
+                    if let (Some(f), true) = (flags, s.kicked.is_some()) {
+                        self.cpu.set_rflags(f);
+                    }
                     if let (Some(syscall), true) = (check, result.is_ok()) {
                         self.icount = ic;
                         result = self.compare_with_replayer(syscall);
@@ -547,6 +671,9 @@ impl Machine {
                 Err(e) => result = Err(e),
             }
             ic += done;
+        } else if let Some(f) = flags {
+            // This machine is where the last stretch's kick left it.
+            self.cpu.set_rflags(f);
         }
         self.native_settled += ic - self.icount;
         self.icount = ic;
@@ -681,6 +808,9 @@ impl NativeVm {
             host_flags_match: host_flags_match_model(),
             stop: None,
             interrupted: false,
+            kicker: None,
+            kick_pending: false,
+            tf_by_kick: false,
             stats: NativeStats::default(),
         };
         v.build_system()?;
@@ -1249,6 +1379,94 @@ impl NativeVm {
     }
 
     /// Runs the guest until an event the interpreter must handle.
+    /// After a signal interrupted `KVM_RUN`: the run stops, or a kick ends the stretch at
+    /// an instruction boundary in user code, or (inside our own stubs, or in the middle of a
+    /// `rep` string instruction, which the interpreter executes whole) the VM goes on.
+    fn interrupted_at(&mut self) -> Result<Option<Event>, String> {
+        if self.stopping() {
+            return Ok(Some(Event::Interrupted));
+        }
+        if self.kicker.is_none() {
+            return Ok(None);
+        }
+        let mut regs = self.vcpu.get_regs().map_err(sys_err("get_regs"))?;
+        if regs.rip < 1 << 47 && !self.kick_pending && self.kick_allowed_at(regs.rip) {
+            // In user code: single-step one instruction, so that the VM leaves user mode
+            // through its exception stubs (as `push` expects) at the next boundary.
+            regs.rflags |= RFLAGS_TF;
+            self.vcpu.set_regs(&regs).map_err(sys_err("set_regs"))?;
+            self.kick_pending = true;
+            self.tf_by_kick = true;
+        }
+        Ok(None)
+    }
+
+    /// Whether the instruction at `rip` may run with a kick's trap flag: not one that saves
+    /// RFLAGS where the guest sees it (`pushf`, `syscall`) or loads it (`popf`, `iret`),
+    /// nor a `rep` string instruction (it traps after each iteration, while the interpreter
+    /// executes it whole).
+    fn kick_allowed_at(&self, rip: u64) -> bool {
+        use iced_x86::Mnemonic as M;
+        let ins = self.decode_at(rip);
+        !(matches!(
+            ins.mnemonic(),
+            M::Pushf
+                | M::Pushfq
+                | M::Pushfd
+                | M::Popf
+                | M::Popfq
+                | M::Popfd
+                | M::Syscall
+                | M::Iret
+                | M::Iretd
+                | M::Iretq
+                | M::Int
+                | M::Int1
+                | M::Int3
+                | M::Into
+        ) || Self::rep_string(&ins))
+    }
+
+    fn rep_string(ins: &iced_x86::Instruction) -> bool {
+        ins.is_string_instruction() && (ins.has_rep_prefix() || ins.has_repne_prefix())
+    }
+
+    /// Whether the instruction at `rip` (as the VM's frames hold it) is a `rep` string
+    /// instruction.
+    fn rep_string_at(&self, rip: u64) -> bool {
+        Self::rep_string(&self.decode_at(rip))
+    }
+
+    /// The instruction at `rip` as the VM's frames hold it.
+    fn decode_at(&self, rip: u64) -> iced_x86::Instruction {
+        let mut bytes = Vec::with_capacity(32);
+        for pn in [rip >> 12, (rip >> 12) + 1] {
+            let Some(&f) = self.frame_of.get(&pn) else {
+                break;
+            };
+            let from = if pn == rip >> 12 {
+                (rip & 0xfff) as usize
+            } else {
+                0
+            };
+            bytes.extend_from_slice(&self.frame(f)[from..]);
+            if bytes.len() >= 15 {
+                break;
+            }
+        }
+        bytes.truncate(15);
+        iced_x86::Decoder::with_ip(64, &bytes, rip, 0).decode()
+    }
+
+    /// A `syscall` saves RFLAGS in R11: without the trap flag a kick set.
+    fn without_kick_tf(&mut self, mut regs: kvm_regs) -> kvm_regs {
+        if self.tf_by_kick {
+            regs.r11 &= !RFLAGS_TF;
+        }
+        self.kick_pending = false;
+        regs
+    }
+
     fn stopping(&self) -> bool {
         self.stop
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
@@ -1258,6 +1476,9 @@ impl NativeVm {
         loop {
             self.stats.entries += 1;
             Self::trap_cpuid_and_tsc(true);
+            if let Some(k) = &self.kicker {
+                k.in_vm.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             // (The exit borrows the vCPU: only what matters is kept.)
             let ran = self.vcpu.run().map(|e| match e {
                 VcpuExit::Hlt => Ran::Halted,
@@ -1265,20 +1486,25 @@ impl NativeVm {
                 VcpuExit::Intr => Ran::Interrupted,
                 other => Ran::Other(format!("unexpected VM exit {other:?}")),
             });
+            if let Some(k) = &self.kicker {
+                k.in_vm.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             Self::trap_cpuid_and_tsc(false);
             let exit = match ran {
                 Ok(Ran::Halted) => None,
                 Ok(Ran::Shutdown) => {
                     Some("the VM shut down (a fault while handling a fault)".to_string())
                 }
-                Ok(Ran::Interrupted) if self.stopping() => return Ok(Event::Interrupted),
-                Ok(Ran::Interrupted) => continue,
+                Ok(Ran::Interrupted) => match self.interrupted_at()? {
+                    Some(ev) => return Ok(ev),
+                    None => continue,
+                },
                 Ok(Ran::Other(e)) => Some(e),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    if self.stopping() {
-                        return Ok(Event::Interrupted);
+                    match self.interrupted_at()? {
+                        Some(ev) => return Ok(ev),
+                        None => continue,
                     }
-                    continue;
                 }
                 Err(e) => Some(format!("KVM_RUN failed: {e}")),
             };
@@ -1289,7 +1515,7 @@ impl NativeVm {
             let at = regs.rip.wrapping_sub(1).wrapping_sub(KBASE);
             if at == SYSCALL_STUB {
                 self.last_fault = (u64::MAX, 0);
-                return Ok(Event::Syscall(regs));
+                return Ok(Event::Syscall(self.without_kick_tf(regs)));
             }
             if !(STUBS..STUBS + 8 * 32).contains(&at) || !(at - STUBS).is_multiple_of(8) {
                 return Err(format!(
@@ -1304,7 +1530,7 @@ impl NativeVm {
                 if sp + 48 <= KSTACK_TOP && self.sys.u64_at(sp + 8) == KBASE + SYSCALL_STUB {
                     regs.rsp = self.sys.u64_at(sp + 32);
                     self.last_fault = (u64::MAX, 0);
-                    return Ok(Event::Syscall(regs));
+                    return Ok(Event::Syscall(self.without_kick_tf(regs)));
                 }
             }
             let mut sp = regs.rsp.wrapping_sub(KBASE);
@@ -1325,6 +1551,7 @@ impl NativeVm {
                 self.sys.u64_at(sp + 24),
             );
             let mut interpret = false;
+            let mut kick = false;
             let resume = match vector {
                 14 => {
                     let cr2 = self.vcpu.get_sregs().map_err(sys_err("get_sregs"))?.cr2;
@@ -1345,7 +1572,25 @@ impl NativeVm {
                     let ins = self.inline_sites[&rip];
                     self.emulate(m, &ins, &mut regs, sp, rip, rflags, rsp)?;
                     self.stats.emulated += 1;
+                    if std::mem::take(&mut self.kick_pending) {
+                        // The kick's trap flag would single-step the next instruction, which
+                        // was not checked (see `kick_allowed_at`): the kick is dropped.
+                        let f = self.sys.u64_at(sp + 16);
+                        self.sys.set_u64(sp + 16, f & !RFLAGS_TF);
+                    }
                     true
+                }
+                // The trap flag of a kick (see `interrupted_at`): the stretch ends here, at an
+                // instruction boundary in user code, unless in the middle of a `rep` string
+                // instruction (which the interpreter executes whole; the kick is dropped).
+                1 if std::mem::take(&mut self.kick_pending) => {
+                    self.sys.set_u64(sp + 16, rflags & !RFLAGS_TF);
+                    if rip >= 1 << 47 || self.rep_string_at(rip) {
+                        true
+                    } else {
+                        kick = true;
+                        false
+                    }
                 }
                 // A trap flag the guest set itself: the interpreter does not single-step.
                 1 => {
@@ -1361,6 +1606,15 @@ impl NativeVm {
                 continue;
             }
             self.last_fault = (u64::MAX, 0);
+            self.kick_pending = false;
+            if kick {
+                return Ok(Event::Kicked {
+                    regs,
+                    rip,
+                    rflags: rflags & !RFLAGS_TF,
+                    rsp,
+                });
+            }
             return Ok(Event::Exception {
                 interpret,
                 regs,
@@ -1442,6 +1696,12 @@ impl NativeVm {
                 rsp,
                 ..
             } => (regs, *rip, *rflags, *rsp),
+            Event::Kicked {
+                regs,
+                rip,
+                rflags,
+                rsp,
+            } => (regs, *rip, *rflags, *rsp),
             Event::Interrupted => return Err("no state to take after an interruption".into()),
         };
         m.cpu.gpr = [
@@ -1449,7 +1709,12 @@ impl NativeVm {
             regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
         ];
         m.cpu.rip = rip;
-        m.cpu.set_rflags(rflags & !RFLAGS_RF);
+        let tf = if std::mem::take(&mut self.tf_by_kick) {
+            RFLAGS_TF
+        } else {
+            0
+        };
+        m.cpu.set_rflags(rflags & !(RFLAGS_RF | tf));
         let xs = self.vcpu.get_xsave().map_err(sys_err("get_xsave"))?;
         let mut img = [0u8; 512];
         for (i, w) in img.chunks_exact_mut(4).enumerate() {
@@ -1490,6 +1755,20 @@ impl NativeVm {
         Ok(())
     }
 
+    /// Kicks the VM out every `period` (from the thread that calls this, which must be the
+    /// one that runs it): long native stretches are cut into pieces whose ends are exact
+    /// states, found again by replay (the first instruction boundary in the stretch with the
+    /// same registers, memory and kernel state). Snapshots and checkpoints then fall inside
+    /// computations that make no system call.
+    pub fn kick_every(&mut self, period: std::time::Duration) {
+        self.kicker = Kicker::start(period);
+    }
+
+    /// Whether `kick_every` is in effect.
+    pub fn kicking(&self) -> bool {
+        self.kicker.is_some()
+    }
+
     /// Runs the guest natively until it ends. Syscalls, signals and `rdtsc` are executed by
     /// the interpreter, one instruction each.
     pub fn run(&mut self, m: &mut Machine) -> Result<StopReason, String> {
@@ -1524,9 +1803,25 @@ impl NativeVm {
             let (syscall, interpret) = match ev {
                 Event::Syscall(_) => (true, false),
                 Event::Exception { interpret, .. } => (false, interpret),
+                Event::Kicked { .. } => (false, false),
                 Event::Interrupted => unreachable!("handled above"),
             };
-            if syscall {
+            let kicked = matches!(ev, Event::Kicked { .. }).then(|| {
+                let ignore = if self.host_flags_match {
+                    0
+                } else {
+                    crate::cpu::fl::ARITH
+                };
+                crate::machine::PauseMatch {
+                    rip: m.cpu.rip,
+                    gpr: m.cpu.gpr,
+                    body: m.body_hash(ignore),
+                    ignore,
+                }
+            });
+            if kicked.is_some() {
+                self.stats.kicks += 1;
+            } else if syscall {
                 self.stats.syscalls += 1;
             } else if interpret {
                 self.stats.interpreted += 1;
@@ -1540,6 +1835,7 @@ impl NativeVm {
                 trap_sites,
                 after: 0,
                 base: None,
+                kicked,
             };
             match &mut m.unsettled {
                 Some(u) => u.open = Some((stretch, took_over)),
@@ -1557,7 +1853,15 @@ impl NativeVm {
             }
             let entry_page = m.cpu.rip >> 12;
             let interp_from = m.icount - m.native_settled;
-            let stop = if interpret {
+            let stop = if m
+                .unsettled
+                .as_ref()
+                .and_then(|u| u.open.as_ref())
+                .is_some_and(|o| o.0.kicked.is_some())
+            {
+                // A kick: nothing to execute; the next stretch starts here.
+                StopReason::Limit
+            } else if interpret {
                 // Run the pages that must be interpreted, until execution leaves them or
                 // decoding shows that the page can run natively after all.
                 loop {

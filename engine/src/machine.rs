@@ -164,6 +164,9 @@ pub struct Machine {
     pub(crate) pause_pages: Option<Arc<std::collections::BTreeSet<u64>>>,
     /// Replaying a native stretch: instructions that were patched to leave the VM.
     pub(crate) pause_sites: Option<Arc<std::collections::BTreeSet<u64>>>,
+    /// Replaying a native stretch that a timer kick ended: pause at the first instruction
+    /// boundary whose state is the one the VM was stopped in.
+    pub(crate) pause_match: Option<PauseMatch>,
     /// The machine that replays native stretches (kept for its decoded blocks).
     pub(crate) replayer: Option<Box<Machine>>,
     /// Native stretches (KVM backend) whose instruction counts are not known yet: while this
@@ -200,6 +203,17 @@ pub struct Snapshot {
     kernel: Kernel,
     pub icount: u64,
     ended: Option<StopReason>,
+}
+
+/// A state to pause at (see `Machine::pause_match`): its RIP and registers to find
+/// candidates fast, then the hash of registers, memory and kernel state (without icount),
+/// with the flag bits in `ignore` cleared.
+#[derive(Clone, Debug)]
+pub(crate) struct PauseMatch {
+    pub rip: u64,
+    pub gpr: [u64; 16],
+    pub body: blake3::Hash,
+    pub ignore: u64,
 }
 
 impl Snapshot {
@@ -293,6 +307,7 @@ impl Machine {
             paused: false,
             pause_pages: None,
             pause_sites: None,
+            pause_match: None,
             replayer: None,
             unsettled: None,
             settler: None,
@@ -512,8 +527,9 @@ impl Machine {
             None
         };
         self.mem.watch_hit = None;
-        // (block start, last byte) → (touches a pause page, holds a pause site).
-        let mut pause_cache = [(u64::MAX, 0u64, false, false); 64];
+        // (block start, last byte) → (touches a pause page, holds a pause site, holds the
+        // pause match's RIP).
+        let mut pause_cache = [(u64::MAX, 0u64, false, false, false); 64];
         loop {
             if self.icount >= limit {
                 return StopReason::Limit;
@@ -544,7 +560,7 @@ impl Machine {
             // Replaying a native stretch: look closer only in blocks that touch a page
             // that had to be interpreted, or hold a site patched to leave the VM (found
             // once per block start, not on every execution of the block).
-            let (check_pages, check_sites) = if pausing {
+            let (check_pages, check_sites, check_match) = if pausing {
                 let last = block.last().map_or(rip, |o| o.next - 1);
                 let slot = &mut pause_cache[((rip ^ (rip >> 7)) & 63) as usize];
                 if (slot.0, slot.1) != (rip, last) {
@@ -555,11 +571,15 @@ impl Machine {
                         .pause_sites
                         .as_ref()
                         .is_some_and(|s| s.range(rip..=last).next().is_some());
-                    *slot = (rip, last, pages, sites);
+                    let matching = self
+                        .pause_match
+                        .as_ref()
+                        .is_some_and(|p| (rip..=last).contains(&p.rip));
+                    *slot = (rip, last, pages, sites, matching);
                 }
-                (slot.2, slot.3)
+                (slot.2, slot.3, slot.4)
             } else {
-                (false, false)
+                (false, false, false)
             };
             for op in block.iter() {
                 // (Settling native stretches may move `icount` past `limit` mid-block.)
@@ -569,6 +589,10 @@ impl Machine {
                 }
                 if bps && self.icount != start && self.breakpoints.contains(&self.cpu.rip) {
                     return StopReason::Breakpoint(self.cpu.rip);
+                }
+                if check_match && self.at_pause_match() {
+                    self.paused = true;
+                    return StopReason::Limit;
                 }
                 if pausing
                     && (op.native_trap
@@ -683,6 +707,31 @@ impl Machine {
         m.icount = s.icount;
         m.ended = s.ended.clone();
         m
+    }
+
+    /// Whether the state now is the one `pause_match` looks for.
+    fn at_pause_match(&mut self) -> bool {
+        let Some(p) = &self.pause_match else {
+            return false;
+        };
+        if self.cpu.rip != p.rip || self.cpu.gpr != p.gpr {
+            return false;
+        }
+        let (body, ignore) = (p.body, p.ignore);
+        self.body_hash(ignore) == body
+    }
+
+    /// blake3 over registers (without the flag bits in `ignore`), memory and kernel state:
+    /// the state without its position.
+    pub(crate) fn body_hash(&mut self, ignore: u64) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"fx86 state body v1");
+        let mut cpu = self.cpu.clone();
+        cpu.set_rflags(cpu.rflags() & !ignore);
+        cpu.hash_into(&mut h);
+        self.mem.hash_into(&mut h);
+        self.kernel.hash_into(&mut h);
+        h.finalize()
     }
 
     /// blake3 over registers, memory, kernel state and the data tree.

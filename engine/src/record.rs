@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex};
 
 /// Default instructions between state-hash checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10_000_000;
+/// How often a recording on the KVM backend cuts native stretches by default (see
+/// `NativeVm::kick_every`).
+pub const DEFAULT_KICK_MS: u64 = 20;
 /// Longest stretch run between checks of the stop flag.
 const SLICE: u64 = 1_000_000;
 
@@ -364,6 +367,10 @@ pub fn record_native(
     }));
     m.log_checkpoints(log.clone());
     vm.stop = Some(stop);
+    // Checkpoints also inside long computations without system calls.
+    if !vm.kicking() {
+        vm.kick_every(std::time::Duration::from_millis(DEFAULT_KICK_MS));
+    }
     let run = vm.run(m);
     if run.is_ok() {
         // Waits for the settling thread, which has then taken all its checkpoints.
