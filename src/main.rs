@@ -60,10 +60,11 @@ enum Cmd {
         /// model, so that instructions whose undefined flags can be seen are interpreted.
         #[arg(long, hide = true)]
         assume_host_flags_differ: bool,
-        /// With --backend kvm: interrupt the VM every N milliseconds, cutting long native
-        /// stretches at exact states (found again by replay); recordings do this on their own.
-        #[arg(long, value_name = "N")]
-        kick_ms: Option<u64>,
+        /// With --backend kvm: interrupt the VM every N milliseconds (0: never), cutting long
+        /// native stretches at exact states that replay finds again, so that they can be
+        /// replayed on all cores at once.
+        #[arg(long, value_name = "N", default_value_t = fx86_engine::record::DEFAULT_KICK_MS)]
+        kick_ms: u64,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
@@ -123,8 +124,8 @@ enum Cmd {
         /// after each interval) or `auto`. Replays always use the interpreter.
         #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
-        /// With --backend kvm: interrupt the VM every N milliseconds, so that checkpoints
-        /// also fall inside long computations without system calls.
+        /// With --backend kvm: interrupt the VM every N milliseconds (0: never), so that
+        /// checkpoints also fall inside long computations without system calls.
         #[arg(long, value_name = "N", default_value_t = fx86_engine::record::DEFAULT_KICK_MS)]
         kick_ms: u64,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -735,8 +736,8 @@ fn main() -> Result<()> {
             Ok(Some(mut vm)) => {
                 vm.cross_check = cross_check;
                 vm.host_flags_match &= !assume_host_flags_differ;
-                if let Some(ms) = kick_ms {
-                    vm.kick_every(std::time::Duration::from_millis(ms.max(1)));
+                if kick_ms > 0 {
+                    vm.kick_every(std::time::Duration::from_millis(kick_ms));
                 }
                 run_native(vm, stats, max_insns, seed, &prog)
             }
@@ -772,8 +773,8 @@ fn main() -> Result<()> {
             prog,
         } => match open_backend(backend) {
             Ok(mut vm) => {
-                if let Some(vm) = vm.as_mut() {
-                    vm.kick_every(std::time::Duration::from_millis(kick_ms.max(1)));
+                if let Some(vm) = vm.as_mut().filter(|_| kick_ms > 0) {
+                    vm.kick_every(std::time::Duration::from_millis(kick_ms));
                 }
                 recordings::record(
                     &output,

@@ -349,9 +349,6 @@ pub(crate) struct Stretch {
     /// Instructions the interpreter executed after the stretch ended (the syscall, the
     /// faulting instruction, or the code on pages that are always interpreted).
     after: u64,
-    /// The exact icount at its start, for the first stretch of a run of unsettled ones (the
-    /// settling thread counts on from there).
-    base: Option<u64>,
     /// A timer kick ended it, in this state (otherwise an event did).
     kicked: Option<crate::machine::PauseMatch>,
 }
@@ -367,9 +364,9 @@ struct Replayed {
     flags: Option<u64>,
 }
 
-/// State-hash checkpoints of a run on the KVM backend (for recordings): the settling thread
-/// takes one at the start of the first native stretch at or after each `interval`
-/// instructions, where it knows the exact icount and the stretch's start state.
+/// State-hash checkpoints of a run on the KVM backend (for recordings): settling takes one at
+/// the start of the first native stretch at or after each `interval` instructions, where it
+/// knows the exact icount and the stretch's start state.
 #[derive(Debug, Default)]
 pub struct CheckpointLog {
     pub interval: u64,
@@ -412,70 +409,120 @@ pub(crate) struct Unsettled {
     open: Option<(Stretch, u64)>,
 }
 
+/// A stretch's length and, if a kick ended it, the model's RFLAGS there.
+type SettleResult = Result<(u64, Option<u64>), String>;
+
 /// Replays finished native stretches on another thread (a spare core) while the VM runs
 /// on, so that their lengths are mostly known by the time something asks for the icount.
 pub(crate) struct Settler {
-    jobs: Option<std::sync::mpsc::Sender<Box<Stretch>>>,
-    results: std::sync::mpsc::Receiver<Result<(u64, Option<u64>), String>>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    queue: Arc<(std::sync::Mutex<Jobs>, std::sync::Condvar)>,
+    /// Stretches sent so far (the next one's sequence number).
+    sent: u64,
+    /// The sequence number `next` returns next.
+    next_seq: u64,
+    /// Results that came in before older ones.
+    early: BTreeMap<u64, (SettleResult, Box<Stretch>)>,
+    results: std::sync::mpsc::Receiver<(u64, SettleResult, Box<Stretch>)>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     /// Raised when nobody will ask for the lengths any more (the machine is dropped).
     cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Settler {
-    fn spawn(checkpoints: SharedLog) -> Option<Settler> {
-        let (jobs, rx) = std::sync::mpsc::channel::<Box<Stretch>>();
+    /// One worker per core (native execution shares them): stretches start from exact
+    /// states, so they replay independently; results are collected in order.
+    fn spawn() -> Option<Settler> {
+        let queue: Arc<(std::sync::Mutex<Jobs>, std::sync::Condvar)> = Default::default();
         let (tx, results) = std::sync::mpsc::channel();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop = cancel.clone();
-        let worker = std::thread::Builder::new()
-            .name("fx86-settle".into())
-            .spawn(move || {
-                block_interrupts();
-                let mut replayer = None;
-                // The exact icount at the start of the next stretch, when known.
-                let mut at: Option<u64> = None;
-                let mut flags = None;
-                for s in rx {
-                    if s.base.is_some() {
-                        (at, flags) = (s.base, None);
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut workers = Vec::new();
+        for k in 0..n {
+            let (queue, tx, stop) = (queue.clone(), tx.clone(), cancel.clone());
+            let w = std::thread::Builder::new()
+                .name(format!("fx86-settle-{k}"))
+                .spawn(move || {
+                    block_interrupts();
+                    let mut replayer = None;
+                    while let Some((seq, s)) = Jobs::take(&queue) {
+                        // (Warms the cached page hashes for a checkpoint at its start.)
+                        s.start.warm_hash();
+                        let r = replay_on(&mut replayer, &s, Some(&stop), None, None)
+                            .map(|r| (r.len, r.flags));
+                        if tx.send((seq, r, s)).is_err() {
+                            break;
+                        }
                     }
-                    let due = CheckpointLog::due(&checkpoints, at);
-                    let r = replay_on(&mut replayer, &s, Some(&stop), due, flags);
-                    if let Ok(r) = &r {
-                        CheckpointLog::note(&checkpoints, due, r.hash);
-                    }
-                    (at, flags) = match (&r, at) {
-                        (Ok(r), Some(a)) => (Some(a + r.len + s.after), r.flags),
-                        _ => (None, None),
-                    };
-                    if tx.send(r.map(|r| (r.len, r.flags))).is_err() {
-                        break;
-                    }
-                }
-            })
-            .ok()?;
+                });
+            match w {
+                Ok(w) => workers.push(w),
+                Err(_) if k > 0 => break,
+                Err(_) => return None,
+            }
+        }
         Some(Settler {
-            jobs: Some(jobs),
+            queue,
+            sent: 0,
+            next_seq: 0,
+            early: BTreeMap::new(),
             results,
-            worker: Some(worker),
+            workers,
             cancel,
         })
     }
 
-    /// Hands a finished stretch over; gives it back if the worker is gone.
-    fn send(&self, s: Box<Stretch>) -> Result<(), Box<Stretch>> {
-        match &self.jobs {
-            Some(j) => j.send(s).map_err(|e| e.0),
-            None => Err(s),
+    /// Hands a finished stretch over.
+    fn send(&mut self, s: Box<Stretch>) -> Result<(), Box<Stretch>> {
+        let (lock, cv) = &*self.queue;
+        let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if q.closed {
+            return Err(s);
         }
+        q.pending.push_back((self.sent, s));
+        self.sent += 1;
+        cv.notify_one();
+        Ok(())
     }
 
-    /// The length of the oldest stretch not collected yet (waits for it).
-    fn next(&self) -> Result<(u64, Option<u64>), String> {
-        self.results
-            .recv()
-            .unwrap_or_else(|_| Err("the settling thread stopped".into()))
+    /// The result for the oldest stretch not collected yet (waits for it), with the stretch.
+    fn next(&mut self) -> (SettleResult, Option<Box<Stretch>>) {
+        let want = self.next_seq;
+        self.next_seq += 1;
+        loop {
+            if let Some((r, s)) = self.early.remove(&want) {
+                return (r, Some(s));
+            }
+            match self.results.recv() {
+                Ok((seq, r, s)) if seq == want => return (r, Some(s)),
+                Ok((seq, r, s)) => {
+                    self.early.insert(seq, (r, s));
+                }
+                Err(_) => return (Err("the settling threads stopped".into()), None),
+            }
+        }
+    }
+}
+
+/// Stretches waiting for a settling worker.
+#[derive(Default)]
+struct Jobs {
+    pending: std::collections::VecDeque<(u64, Box<Stretch>)>,
+    closed: bool,
+}
+
+impl Jobs {
+    /// The next stretch to replay, or None once closed.
+    fn take(q: &(std::sync::Mutex<Jobs>, std::sync::Condvar)) -> Option<(u64, Box<Stretch>)> {
+        let mut j = q.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if j.closed {
+                return None;
+            }
+            if let Some(x) = j.pending.pop_front() {
+                return Some(x);
+            }
+            j = q.1.wait(j).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -483,8 +530,13 @@ impl Drop for Settler {
     fn drop(&mut self) {
         self.cancel
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.jobs = None;
-        if let Some(w) = self.worker.take() {
+        {
+            let mut q = self.queue.0.lock().unwrap_or_else(|e| e.into_inner());
+            q.closed = true;
+            q.pending.clear();
+        }
+        self.queue.1.notify_all();
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
@@ -604,6 +656,20 @@ impl Machine {
         Ok(r)
     }
 
+    /// The state hash at the start of `s`, at icount `at` (with `flags`, the model's RFLAGS
+    /// there if a kick ended the stretch before).
+    fn hash_stretch_start(&mut self, s: &Stretch, at: u64, flags: Option<u64>) -> blake3::Hash {
+        let r = self
+            .replayer
+            .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
+        r.restore(&s.start);
+        if let Some(f) = flags {
+            r.cpu.set_rflags(f);
+        }
+        r.icount = at;
+        r.state_hash()
+    }
+
     /// Takes state-hash checkpoints into `log` while settling (see `CheckpointLog`).
     pub fn log_checkpoints(&mut self, log: Arc<std::sync::Mutex<CheckpointLog>>) {
         self.checkpoint_log = Some(log);
@@ -629,14 +695,19 @@ impl Machine {
         // The model's flags where the last stretch a kick ended (see `Replayed::flags`).
         let mut flags = None;
         for after in &u.in_flight {
-            let settler = self.settler.as_ref().expect("stretches in flight");
+            let settler = self.settler.as_mut().expect("stretches in flight");
             self.native_replays += 1;
             match settler.next() {
-                Ok((n, f)) => {
+                (Ok((n, f)), s) => {
+                    let due = CheckpointLog::due(&self.checkpoint_log, Some(ic));
+                    if let (Some(at), Some(s)) = (due, s) {
+                        let h = self.hash_stretch_start(&s, at, flags);
+                        CheckpointLog::note(&self.checkpoint_log, due, Some(h));
+                    }
                     ic += n + after;
                     flags = f;
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     result = Err(e);
                     ic += after;
                 }
@@ -1764,11 +1835,6 @@ impl NativeVm {
         self.kicker = Kicker::start(period);
     }
 
-    /// Whether `kick_every` is in effect.
-    pub fn kicking(&self) -> bool {
-        self.kicker.is_some()
-    }
-
     /// Runs the guest natively until it ends. Syscalls, signals and `rdtsc` are executed by
     /// the interpreter, one instruction each.
     pub fn run(&mut self, m: &mut Machine) -> Result<StopReason, String> {
@@ -1776,7 +1842,7 @@ impl NativeVm {
             return Ok(s.clone());
         }
         if m.settler.is_none() && !self.cross_check {
-            m.settler = Settler::spawn(m.checkpoint_log.clone()).map(Box::new);
+            m.settler = Settler::spawn().map(Box::new);
         }
         if self.interrupted {
             return Err("the VM was interrupted in the middle of a native stretch".into());
@@ -1834,7 +1900,6 @@ impl NativeVm {
                 interp_pages,
                 trap_sites,
                 after: 0,
-                base: None,
                 kicked,
             };
             match &mut m.unsettled {
@@ -1886,10 +1951,7 @@ impl NativeVm {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
                 let after = m.icount - took_over;
                 s.after = after;
-                if u.in_flight.is_empty() && u.stretches.is_empty() {
-                    s.base = Some(u.base);
-                }
-                let sent = match &m.settler {
+                let sent = match &mut m.settler {
                     Some(t) => t.send(Box::new(s)),
                     None => Err(Box::new(s)),
                 };

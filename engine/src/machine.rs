@@ -217,6 +217,12 @@ pub(crate) struct PauseMatch {
 }
 
 impl Snapshot {
+    /// Computes the hashes of its memory's page tree (cached in the tree's nodes, which
+    /// later states share), so that hashing a state derived from it is cheap.
+    pub(crate) fn warm_hash(&self) {
+        self.mem.pages.root_hash();
+    }
+
     /// Pages held by this snapshot (shared or not), for memory accounting.
     pub fn page_count(&self) -> usize {
         self.mem.pages.page_count()

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 /// Default instructions between state-hash checkpoints.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10_000_000;
-/// How often a recording on the KVM backend cuts native stretches by default (see
+/// How often `run` and `record` on the KVM backend cut native stretches by default (see
 /// `NativeVm::kick_every`).
 pub const DEFAULT_KICK_MS: u64 = 20;
 /// Longest stretch run between checks of the stop flag.
@@ -340,11 +340,11 @@ pub fn record(m: &mut Machine, rec: &Mutex<Recording>, interval: u64, stop: &Ato
     ending
 }
 
-/// `record` on the KVM backend: the guest runs natively; checkpoints are taken by the
-/// thread that settles native stretches in the background, at the start of the first
-/// stretch at or after each `interval` instructions (exact positions, though not multiples
-/// of `interval`). A stop (Ctrl-C) is noticed at the next VM exit, or interrupts the VM, in
-/// which case the recording ends where the interrupted stretch began.
+/// `record` on the KVM backend: the guest runs natively (kicked out as `vm` was told, see
+/// `NativeVm::kick_every`); checkpoints are taken as native stretches are settled, at the
+/// start of the first stretch at or after each `interval` instructions (exact positions,
+/// though not multiples of `interval`). A stop (Ctrl-C) is noticed at the next VM exit, or
+/// interrupts the VM, in which case the recording ends where the interrupted stretch began.
 /// `Err` if the VM failed; the checkpoints taken so far are in the recording.
 pub fn record_native(
     vm: &mut crate::kvm::NativeVm,
@@ -368,9 +368,6 @@ pub fn record_native(
     m.log_checkpoints(log.clone());
     vm.stop = Some(stop);
     // Checkpoints also inside long computations without system calls.
-    if !vm.kicking() {
-        vm.kick_every(std::time::Duration::from_millis(DEFAULT_KICK_MS));
-    }
     let run = vm.run(m);
     if run.is_ok() {
         // Waits for the settling thread, which has then taken all its checkpoints.
