@@ -2,7 +2,9 @@
 # fx86 speed benchmark: CPU-bound guests natively, under fx86 and under qemu-x86_64, side by
 # side in one run. Prints instructions per second (icount from fx86, which counts exactly),
 # medians of N runs, and the ratios fx86/qemu and fx86/native; with /dev/kvm also the time of
-# `fx86 run --backend kvm` (native execution, snapshots at syscalls) and its ratio to native.
+# `fx86 run --backend kvm` (native execution, snapshots at syscalls and kicks) and its ratio to
+# native, and the time of the same run made exact (`--stats` settles every native stretch by
+# replaying it in the interpreter, on all cores) against the interpreter's.
 #   usage: benches/run.sh [RUNS]      (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,16 +21,17 @@ QEMU=$(command -v qemu-x86_64 || true)
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 KVM=$( [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo yes || true)
-printf "%-10s %14s %10s %10s %10s %9s %9s %10s %10s %9s %10s\n" guest icount native_s fx86_s qemu_s fx86_MIPS qemu_MIPS fx86/qemu fx86/native kvm_s kvm/native
+printf "%-10s %14s %10s %10s %10s %9s %9s %10s %10s %9s %10s %10s %10s\n" guest icount native_s fx86_s qemu_s fx86_MIPS qemu_MIPS fx86/qemu fx86/native kvm_s kvm/native kvmexact_s kvmx/interp
 for bin in "$OUT"/*; do
   b=$(basename "$bin")
   icount=$($FX86 run --stats -- "$bin" 2>&1 >/dev/null | tail -1 | sed -n 's/.*icount=\([0-9]*\).*/\1/p')
-  nat=(); emu=(); qem=(); kvm=()
+  nat=(); emu=(); qem=(); kvm=(); kvx=()
   for _ in $(seq "$RUNS"); do
     t0=$(now); "$bin" >/dev/null; t1=$(now); nat+=("$(echo "$t1 - $t0" | bc -l)")
     t0=$(now); $FX86 run -- "$bin" >/dev/null; t1=$(now); emu+=("$(echo "$t1 - $t0" | bc -l)")
     if [ -n "$QEMU" ]; then t0=$(now); "$QEMU" "$bin" >/dev/null; t1=$(now); qem+=("$(echo "$t1 - $t0" | bc -l)"); fi
     if [ -n "$KVM" ]; then t0=$(now); $FX86 run --backend kvm -- "$bin" >/dev/null; t1=$(now); kvm+=("$(echo "$t1 - $t0" | bc -l)"); fi
+    if [ -n "$KVM" ]; then t0=$(now); $FX86 run --backend kvm --stats -- "$bin" >/dev/null 2>&1; t1=$(now); kvx+=("$(echo "$t1 - $t0" | bc -l)"); fi
   done
   n=$(printf "%s\n" "${nat[@]}" | median); e=$(printf "%s\n" "${emu[@]}" | median)
   q=$( [ -n "$QEMU" ] && printf "%s\n" "${qem[@]}" | median || echo 0)
@@ -36,7 +39,9 @@ for bin in "$OUT"/*; do
   rq=$( [ "$q" != 0 ] && echo "$q / $e" | bc -l || echo 0); rn=$(echo "$n / $e" | bc -l)
   k=$( [ -n "$KVM" ] && printf "%s\n" "${kvm[@]}" | median || echo 0)
   rk=$( [ "$k" != 0 ] && echo "$n / $k" | bc -l || echo 0)
-  printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f %9.3f %10.3f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn" "$k" "$rk"
+  kx=$( [ -n "$KVM" ] && printf "%s\n" "${kvx[@]}" | median || echo 0)
+  rx=$( [ "$kx" != 0 ] && echo "$kx / $e" | bc -l || echo 0)
+  printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f %9.3f %10.3f %10.3f %10.3f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn" "$k" "$rk" "$kx" "$rx"
 done
 # Exit cost: a system call round trip (guest -> fx86's Linux layer -> guest), from the time of
 # N getppid() calls minus the time of none, per call.

@@ -90,15 +90,20 @@ enum Cmd {
         /// the guest's output then goes to stderr.
         #[arg(long)]
         stdio: bool,
-        /// `interp` (default) or `auto`; `kvm` drives `fx86 run` only so far.
+        /// `interp` (default), `kvm` (continuing past the end of history runs natively;
+        /// positions are learned by replay when going back) or `auto`.
         #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
+        /// With --backend kvm: interrupt the VM every N milliseconds (see `run`).
+        #[arg(long, value_name = "N", default_value_t = fx86_engine::record::DEFAULT_KICK_MS)]
+        kick_ms: u64,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         prog: Vec<String>,
     },
     /// Explore a run in a terminal UI (disassembly, registers, output, timeline).
     Tui {
-        /// `interp` (default) or `auto`; `kvm` drives `fx86 run` only so far.
+        /// `interp` (default), `kvm` (continuing past the end of history runs natively;
+        /// positions are learned by replay) or `auto`.
         #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -331,26 +336,6 @@ pub fn open_backend(backend: Backend) -> std::result::Result<Option<NativeVm>, i
     }
 }
 
-/// The backend for a command that the KVM backend does not drive yet: `kvm` is refused with
-/// a one-line reason (exit status 2), `auto` says that it uses the interpreter.
-fn interp_only(cmd: &str, backend: Backend) -> std::result::Result<(), i32> {
-    const WHY: &str = "it needs exact instruction positions while it runs, which only \
-                       `fx86 run --backend kvm` recovers so far (by replay)";
-    match backend {
-        Backend::Interp => Ok(()),
-        Backend::Kvm => {
-            eprintln!(
-                "fx86: {cmd} --backend kvm is not supported yet: {WHY}; use --backend interp"
-            );
-            Err(2)
-        }
-        Backend::Auto => {
-            eprintln!("fx86: backend: interp ({cmd} does not run under kvm yet)");
-            Ok(())
-        }
-    }
-}
-
 /// `run` on the KVM backend: the guest runs natively between syscalls; its icount is learned
 /// (by replaying in the interpreter) only if something needs it.
 fn run_native(
@@ -436,7 +421,13 @@ fn load_or_report(prog: &[String], seed: u64, host: StdHost) -> std::result::Res
     })
 }
 
-fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
+fn gdbserver(
+    listen: &str,
+    stdio: bool,
+    vm: Option<NativeVm>,
+    kick_ms: u64,
+    prog: &[String],
+) -> i32 {
     let host = StdHost {
         stdout_to_stderr: stdio,
         ..Default::default()
@@ -447,13 +438,12 @@ fn gdbserver(listen: &str, stdio: bool, prog: &[String]) -> i32 {
     };
     // The ELF file that runs (a script's interpreter, not the script).
     let exe = m.kernel.exe.clone();
-    serve_gdb(
-        Timeline::with_adaptive_interval(m, 1 << 30),
-        exe,
-        None,
-        listen,
-        stdio,
-    )
+    let mut tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    if let Some(vm) = vm {
+        // (0 would leave stretches unbounded: Ctrl-C from gdb waits for the next exit.)
+        tl.use_native(vm, std::time::Duration::from_millis(kick_ms.max(1)));
+    }
+    serve_gdb(tl, exe, None, listen, stdio)
 }
 
 /// Serves a timeline to one gdb session; `exe` is the program file gdb should read symbols
@@ -530,7 +520,7 @@ pub fn serve_gdb(
     }
 }
 
-fn tui(prog: &[String], hint: Option<String>) -> i32 {
+fn tui(prog: &[String], vm: Option<NativeVm>, hint: Option<String>) -> i32 {
     // The terminal belongs to the UI: guest output is shown in its pane, stdin is empty.
     let host = StdHost {
         capture: Some(Vec::new()),
@@ -542,7 +532,11 @@ fn tui(prog: &[String], hint: Option<String>) -> i32 {
         Err(code) => return code,
     };
     let elf = std::fs::read(&m.kernel.exe).unwrap_or_default();
-    let tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    let mut tl = Timeline::with_adaptive_interval(m, 1 << 30);
+    if let Some(vm) = vm {
+        let kick = fx86_engine::record::DEFAULT_KICK_MS;
+        tl.use_native(vm, std::time::Duration::from_millis(kick));
+    }
     tui_on(tl, prog.join(" "), &elf, hint)
 }
 
@@ -664,7 +658,7 @@ fn demo() -> i32 {
         // step back to the bad call, C to reverse-continue.
         let hint = "demo: c runs into the crash; then w rdi+64 watches the corrupted \
                     t->report pointer and C goes back to the write that broke it (? for keys)";
-        return tui(&prog, Some(hint.into()));
+        return tui(&prog, None, Some(hint.into()));
     }
     println!(
         "fx86 demo: running {} in the deterministic engine\n",
@@ -749,17 +743,18 @@ fn main() -> Result<()> {
             prog,
         } => lockstep::main(&prog, max_insns, progress),
         Cmd::Demo => demo(),
-        Cmd::Tui { backend, prog } => match interp_only("tui", backend) {
-            Ok(()) => tui(&prog, None),
+        Cmd::Tui { backend, prog } => match open_backend(backend) {
+            Ok(vm) => tui(&prog, vm, None),
             Err(code) => code,
         },
         Cmd::Gdbserver {
             listen,
             stdio,
             backend,
+            kick_ms,
             prog,
-        } => match interp_only("gdbserver", backend) {
-            Ok(()) => gdbserver(&listen, stdio, &prog),
+        } => match open_backend(backend) {
+            Ok(vm) => gdbserver(&listen, stdio, vm, kick_ms, &prog),
             Err(code) => code,
         },
         Cmd::BenchTimeline { prog } => bench_timeline(&prog),

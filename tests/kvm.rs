@@ -202,20 +202,7 @@ fn flags_and_fallbacks_explain_themselves() {
 }
 
 #[test]
-fn commands_kvm_does_not_drive_yet_say_so() {
-    // gdbserver and tui need exact positions as they run: kvm is refused with a reason.
-    for cmd in [&["gdbserver", "--stdio"][..], &["tui"][..]] {
-        let mut k = fx86();
-        k.args(cmd).args(["--backend", "kvm", "--", "/bin/true"]);
-        let o = run_with_input(k, b"");
-        assert_eq!(status_code(&o), 2, "{cmd:?}: {}", lossy(&o.stderr));
-        let err = lossy(&o.stderr);
-        assert!(
-            err.contains("not supported yet") && err.contains("--backend interp"),
-            "{err}"
-        );
-        assert_eq!(err.lines().count(), 1, "{err}");
-    }
+fn auto_says_which_backend_it_chose() {
     let dir = scratch("kvm", "auto-record");
     let rec = dir.join("true.fx86");
     let mut a = fx86();
@@ -232,6 +219,89 @@ fn commands_kvm_does_not_drive_yet_say_so() {
     let mut v = fx86();
     v.arg("verify").arg(&rec);
     assert_eq!(status_code(&run_with_input(v, b"")), 0);
+}
+
+/// Runs the same gdb session against `gdbserver --backend interp` and `--backend kvm` on
+/// `bin args`; returns both transcripts.
+fn gdb_both(bin: &Path, args: &[&str], cmds: &[&str]) -> [String; 2] {
+    let mut out = Vec::new();
+    for backend in ["interp", "kvm"] {
+        let (o, rest) = gdb_with(
+            |addr| {
+                let mut c = fx86();
+                c.args(["gdbserver", "--backend", backend, "--listen", addr, "--"])
+                    .arg(bin)
+                    .args(args);
+                c
+            },
+            Some(bin),
+            cmds,
+        );
+        assert!(
+            !rest.contains("panicked") && !rest.contains("failed"),
+            "{backend}: {rest}"
+        );
+        out.push(o);
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!())
+}
+
+#[test]
+fn gdb_sessions_on_kvm_equal_the_interpreters() {
+    if !kvm_usable() {
+        return;
+    }
+    let overflow = build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
+        "gcc",
+        "-O0",
+    );
+    let [i, k] = gdb_both(
+        &overflow,
+        &["7"],
+        &[
+            "break record_scores",
+            "continue",
+            "monitor icount",
+            "next",
+            "next",
+            "monitor icount",
+            "continue",
+            "bt",
+            "up",
+            "watch -l t->report",
+            "reverse-continue",
+            "print i",
+            "reverse-stepi",
+            "monitor icount",
+            "delete",
+            "continue",
+            "kill",
+        ],
+    );
+    assert_eq!(k, i, "kvm vs interp");
+    assert!(k.contains("SIGSEGV") && k.contains("$1 = 8"), "{k}");
+    assert!(k.matches("icount ").count() >= 3, "{k}");
+    // A long computation without system calls runs natively up to the breakpoint; going
+    // back then waits for its replay, and lands where the interpreter does.
+    let spin = build(&guest_src("spin.c"), "gcc", "-O2");
+    let [i, k] = gdb_both(
+        &spin,
+        &["3000000"],
+        &[
+            "break exit",
+            "continue",
+            "reverse-stepi",
+            "monitor icount",
+            "info registers rip rax rbx",
+            "stepi",
+            "stepi",
+            "monitor icount",
+            "kill",
+        ],
+    );
+    assert_eq!(k, i, "kvm vs interp");
+    assert!(k.contains("Breakpoint 1,") && k.contains("icount "), "{k}");
 }
 
 /// Records `bin args` (with `input` on stdin) with each backend; returns the two recordings

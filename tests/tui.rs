@@ -83,17 +83,65 @@ fn rand_suffix() -> u64 {
 }
 
 fn session(args: &str) -> Tmux {
+    session_with("", args)
+}
+
+/// A TUI session on the demo guest, with `opts` for fx86 and `args` for the guest.
+fn session_with(opts: &str, args: &str) -> Tmux {
     let bin = build(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
         "gcc",
         "-O1",
     );
     let cmd = format!(
-        "{} tui -- {} {args}; echo FX86-EXIT=$?; sleep 600",
+        "{} tui {opts} -- {} {args}; echo FX86-EXIT=$?; sleep 600",
         env!("CARGO_BIN_EXE_fx86"),
         bin.display()
     );
     Tmux::start(&cmd)
+}
+
+#[test]
+fn the_kvm_backend_continues_natively_and_goes_back_as_before() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("SKIPPED: /dev/kvm is not usable on this machine");
+        return;
+    }
+    // The same moves and the same positions as with the interpreter.
+    let mut seen = Vec::new();
+    for opts in ["", "--backend kvm"] {
+        let t = session_with(opts, "7");
+        t.wait_for("at the first instruction");
+        t.keys(&["c"]);
+        let s = t.wait_for("SIGSEGV");
+        assert!(s.contains("round 8: 4106"), "{opts}: {s}");
+        let at_crash = s
+            .lines()
+            .find_map(|l| l.split("icount ").nth(1))
+            .map(|r| r.split_whitespace().next().unwrap_or("").to_string());
+        t.keys(&["w"]);
+        t.literal("rdi+64");
+        t.keys(&["Enter"]);
+        t.wait_for("watchpoint set");
+        t.keys(&["C"]);
+        let s = t.wait_for("(reverse)");
+        assert!(s.contains("overflow.c:22"), "{opts}: {s}");
+        let at_write = s
+            .lines()
+            .find_map(|l| l.split("icount ").nth(1))
+            .map(|r| r.split_whitespace().next().unwrap_or("").to_string());
+        seen.push((at_crash, at_write));
+        t.keys(&["q"]);
+        let s = t.wait_for("FX86-EXIT=");
+        assert!(s.contains("FX86-EXIT=0"), "{opts}: {s}");
+    }
+    assert!(seen[0].0.is_some() && seen[0].1.is_some(), "{seen:?}");
+    assert_eq!(seen[0], seen[1], "interp vs kvm positions");
 }
 
 #[test]

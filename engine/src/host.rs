@@ -41,6 +41,12 @@ pub trait Host: Send {
     }
     /// Told of each guest event (syscall, signal) as it happens, for timelines to mark.
     fn event(&mut self, _ev: GuestEvent) {}
+    /// Whether the icounts `at_icount` and `event` give from now on are inexact: on the KVM
+    /// backend, without the instructions of native stretches not settled yet (see `settled`).
+    fn inexact(&mut self, _yes: bool) {}
+    /// Native stretches were settled: an inexact icount `x` given since the last call is
+    /// `x + n` for the last `(from, n)` in `map` with `from <= x` (`x` if none).
+    fn settled(&mut self, _map: &[(u64, u64)]) {}
 }
 
 /// Something that happened in the guest at an icount, worth marking on a timeline.

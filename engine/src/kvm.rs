@@ -336,6 +336,8 @@ pub struct NativeVm {
     kick_pending: bool,
     /// A kick set the trap flag during this stretch (it is not the guest's).
     tf_by_kick: bool,
+    /// Pages that run in the interpreter whatever they hold (breakpoints).
+    forced: BTreeSet<u64>,
     pub stats: NativeStats,
 }
 
@@ -356,8 +358,6 @@ pub(crate) struct Stretch {
 /// What replaying a stretch found.
 struct Replayed {
     len: u64,
-    /// The state hash at its start (if asked for).
-    hash: Option<blake3::Hash>,
     /// For a stretch a kick ended while the host's undefined flags differ from the model's:
     /// the model's RFLAGS at its end. The VM's may hold other values in bits no instruction
     /// reads before writing them; the next stretch starts from the model's.
@@ -377,6 +377,17 @@ pub struct CheckpointLog {
 }
 
 type SharedLog = Option<Arc<std::sync::Mutex<CheckpointLog>>>;
+
+/// Snapshots at the starts of native stretches, taken as they are settled (see
+/// `Machine::log_snapshots`).
+#[derive(Default)]
+pub struct SnapshotLog {
+    pub interval: u64,
+    /// The icount from which the next snapshot is due.
+    pub next: u64,
+    /// (icount, snapshot), in icount order.
+    pub taken: Vec<(u64, Snapshot)>,
+}
 
 impl CheckpointLog {
     /// `at` if a checkpoint is due there (the exact icount at the start of a stretch).
@@ -447,7 +458,7 @@ impl Settler {
                     while let Some((seq, s)) = Jobs::take(&queue) {
                         // (Warms the cached page hashes for a checkpoint at its start.)
                         s.start.warm_hash();
-                        let r = replay_on(&mut replayer, &s, Some(&stop), None, None)
+                        let r = replay_on(&mut replayer, &s, Some(&stop), None)
                             .map(|r| (r.len, r.flags));
                         if tx.send((seq, r, s)).is_err() {
                             break;
@@ -557,15 +568,13 @@ fn block_interrupts() {
 }
 
 /// Replays stretch `s` in the interpreter on `replayer` (created on first use) up to the
-/// event (or the state of the kick) that ended it; returns its length, and with `hash_at`
-/// (the exact icount at its start) the state hash at its start. `flags`: the model's RFLAGS
-/// at its start if the previous stretch ended with a kick (see `Replayed::flags`).
+/// event (or the state of the kick) that ended it; returns its length. `flags`: the model's
+/// RFLAGS at its start if the previous stretch ended with a kick (see `Replayed::flags`).
 /// With `cancel`, it gives up (in slices of a million instructions) once that is raised.
 fn replay_on(
     replayer: &mut Option<Box<Machine>>,
     s: &Stretch,
     cancel: Option<&std::sync::atomic::AtomicBool>,
-    hash_at: Option<u64>,
     flags: Option<u64>,
 ) -> Result<Replayed, String> {
     let r = replayer
@@ -575,10 +584,6 @@ fn replay_on(
         r.cpu.set_rflags(f);
     }
     r.pause_match = s.kicked.clone();
-    let hash = hash_at.map(|at| {
-        r.icount = at;
-        r.state_hash()
-    });
     r.icount = 0;
     r.pause_at_events = true;
     r.pause_pages = Some(s.interp_pages.clone());
@@ -604,7 +609,6 @@ fn replay_on(
             .and_then(|k| (k.ignore != 0).then(|| r.cpu.rflags()));
         Ok(Replayed {
             len: r.icount,
-            hash,
             flags,
         })
     } else {
@@ -642,7 +646,7 @@ impl Host for NoHost {
 impl Machine {
     /// Replays a native stretch in the interpreter up to the event that ended it; returns
     /// its length. The replaying machine is kept, with its decoded blocks.
-    /// A checkpoint is taken at its start (exact icount `at`) if one is due.
+    /// A checkpoint or snapshot is taken at its start (exact icount `at`) if one is due.
     fn replay_stretch(
         &mut self,
         s: &Stretch,
@@ -650,15 +654,20 @@ impl Machine {
         flags: Option<u64>,
     ) -> Result<Replayed, String> {
         self.native_replays += 1;
-        let due = CheckpointLog::due(&self.checkpoint_log, Some(at));
-        let r = replay_on(&mut self.replayer, s, None, due, flags)?;
-        CheckpointLog::note(&self.checkpoint_log, due, r.hash);
-        Ok(r)
+        self.keep_stretch_start(s, at, flags);
+        replay_on(&mut self.replayer, s, None, flags)
     }
 
-    /// The state hash at the start of `s`, at icount `at` (with `flags`, the model's RFLAGS
-    /// there if a kick ended the stretch before).
-    fn hash_stretch_start(&mut self, s: &Stretch, at: u64, flags: Option<u64>) -> blake3::Hash {
+    /// Takes a checkpoint and a snapshot at the start of `s` (exact icount `at`) if due.
+    fn keep_stretch_start(&mut self, s: &Stretch, at: u64, flags: Option<u64>) {
+        let check = CheckpointLog::due(&self.checkpoint_log, Some(at));
+        let snap = self.snapshot_log.as_ref().is_some_and(|l| {
+            let l = l.lock().unwrap_or_else(|e| e.into_inner());
+            at >= l.next
+        });
+        if check.is_none() && !snap {
+            return;
+        }
         let r = self
             .replayer
             .get_or_insert_with(|| Box::new(Machine::from_snapshot(&s.start, Box::new(NoHost))));
@@ -667,7 +676,46 @@ impl Machine {
             r.cpu.set_rflags(f);
         }
         r.icount = at;
-        r.state_hash()
+        if check.is_some() {
+            CheckpointLog::note(&self.checkpoint_log, check, Some(r.state_hash()));
+        }
+        if snap {
+            let mut l = self
+                .snapshot_log
+                .as_ref()
+                .expect("checked")
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            l.taken.push((at, r.snapshot()));
+            l.next = at + l.interval.max(1);
+        }
+    }
+
+    /// Keeps snapshots at the starts of native stretches as they are settled (for a
+    /// timeline), one at or after every `interval` instructions.
+    pub fn log_snapshots(&mut self, log: Arc<std::sync::Mutex<SnapshotLog>>) {
+        self.snapshot_log = Some(log);
+    }
+
+    /// Whether native stretches wait to be settled (the icount is not exact).
+    pub fn unsettled(&self) -> bool {
+        self.unsettled.is_some()
+    }
+
+    /// Interprets up to `limit` (see `Machine::run`) on a machine whose native stretches may
+    /// not be settled yet: the instructions count after the last stretch.
+    pub fn run_after_native(&mut self, limit: u64) -> StopReason {
+        let before = self.icount;
+        let stop = self.run(limit);
+        let extra = self.icount - before;
+        if let Some(u) = self.unsettled.as_mut() {
+            if let Some(a) = u.in_flight.back_mut() {
+                *a += extra;
+            } else if let Some(s) = u.stretches.last_mut() {
+                s.after += extra;
+            }
+        }
+        stop
     }
 
     /// Takes state-hash checkpoints into `log` while settling (see `CheckpointLog`).
@@ -694,16 +742,22 @@ impl Machine {
         let mut result = Ok(());
         // The model's flags where the last stretch a kick ended (see `Replayed::flags`).
         let mut flags = None;
+        // Instructions that ran natively, and for the host: where each stretch ended, as the
+        // icount said then (without native instructions), and how many came before.
+        let mut native = 0;
+        let mut inexact = u.base;
+        let mut map = Vec::new();
         for after in &u.in_flight {
             let settler = self.settler.as_mut().expect("stretches in flight");
             self.native_replays += 1;
             match settler.next() {
                 (Ok((n, f)), s) => {
-                    let due = CheckpointLog::due(&self.checkpoint_log, Some(ic));
-                    if let (Some(at), Some(s)) = (due, s) {
-                        let h = self.hash_stretch_start(&s, at, flags);
-                        CheckpointLog::note(&self.checkpoint_log, due, Some(h));
+                    if let Some(s) = s {
+                        self.keep_stretch_start(&s, ic, flags);
                     }
+                    native += n;
+                    map.push((inexact, native));
+                    inexact += after;
                     ic += n + after;
                     flags = f;
                 }
@@ -716,6 +770,9 @@ impl Machine {
         for s in &u.stretches {
             match self.replay_stretch(s, ic, flags) {
                 Ok(r) => {
+                    native += r.len;
+                    map.push((inexact, native));
+                    inexact += s.after;
                     ic += r.len + s.after;
                     flags = r.flags;
                 }
@@ -725,29 +782,33 @@ impl Machine {
                 }
             }
         }
-        if let Some((s, took_over)) = &u.open {
-            let done = self.icount - took_over;
+        if let Some((s, _)) = &u.open {
             match self.replay_stretch(s, ic, flags) {
                 Ok(r) => {
+                    native += r.len;
+                    map.push((inexact, native));
                     ic += r.len;
                     flags = r.flags;
                     if let (Some(f), true) = (flags, s.kicked.is_some()) {
                         self.cpu.set_rflags(f);
                     }
                     if let (Some(syscall), true) = (check, result.is_ok()) {
-                        self.icount = ic;
+                        // (Compared at the exact icount; the sum below makes it so.)
+                        let inexact = std::mem::replace(&mut self.icount, ic);
                         result = self.compare_with_replayer(syscall);
+                        self.icount = inexact;
                     }
                 }
                 Err(e) => result = Err(e),
             }
-            ic += done;
         } else if let Some(f) = flags {
             // This machine is where the last stretch's kick left it.
             self.cpu.set_rflags(f);
         }
-        self.native_settled += ic - self.icount;
-        self.icount = ic;
+        // (Not `ic`: instructions interpreted between native runs are in `icount` only.)
+        self.native_settled += native;
+        self.icount += native;
+        self.host.settled(&map);
         result
     }
 
@@ -882,6 +943,7 @@ impl NativeVm {
             kicker: None,
             kick_pending: false,
             tf_by_kick: false,
+            forced: BTreeSet::new(),
             stats: NativeStats::default(),
         };
         v.build_system()?;
@@ -1193,8 +1255,10 @@ impl NativeVm {
         if prot & PROT_WRITE != 0 {
             v |= PTE_RW;
         }
-        let exec =
-            prot & PROT_EXEC != 0 && prot & PROT_WRITE == 0 && self.patched.contains_key(&pn);
+        let exec = prot & PROT_EXEC != 0
+            && prot & PROT_WRITE == 0
+            && self.patched.contains_key(&pn)
+            && !self.forced.contains(&pn);
         if exec {
             if self.interp_pages.contains(&pn) {
                 Arc::make_mut(&mut self.interp_pages).remove(&pn);
@@ -1275,7 +1339,10 @@ impl NativeVm {
         let Some(&f) = self.frame_of.get(&pn) else {
             return Ok(());
         };
-        if !self.interp_pages.contains(&pn) || self.patched.contains_key(&pn) {
+        if !self.interp_pages.contains(&pn)
+            || self.patched.contains_key(&pn)
+            || self.forced.contains(&pn)
+        {
             return Ok(());
         }
         let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
@@ -1826,6 +1893,28 @@ impl NativeVm {
         Ok(())
     }
 
+    /// Makes the pages of `pages` (breakpoints) run in the interpreter, and the pages that
+    /// were so before but are not in it run natively again.
+    pub fn interpret_pages(&mut self, m: &Machine, pages: Vec<u64>) -> Result<(), String> {
+        let new: BTreeSet<u64> = pages.into_iter().collect();
+        if new == self.forced {
+            return Ok(());
+        }
+        let changed: Vec<u64> = new.symmetric_difference(&self.forced).copied().collect();
+        self.forced = new;
+        for pn in changed {
+            if let Some(&f) = self.frame_of.get(&pn) {
+                let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
+                if prot != 0 {
+                    self.set_pte(pn, f, prot)?;
+                }
+            }
+            self.tried.remove(&pn);
+        }
+        self.flush = true;
+        Ok(())
+    }
+
     /// Kicks the VM out every `period` (from the thread that calls this, which must be the
     /// one that runs it): long native stretches are cut into pieces whose ends are exact
     /// states, found again by replay (the first instruction boundary in the stretch with the
@@ -1838,6 +1927,16 @@ impl NativeVm {
     /// Runs the guest natively until it ends. Syscalls, signals and `rdtsc` are executed by
     /// the interpreter, one instruction each.
     pub fn run(&mut self, m: &mut Machine) -> Result<StopReason, String> {
+        self.run_until(m, None)
+    }
+
+    /// Like `run`, but returns `Limit` at the first VM exit after `deadline` (kicks make
+    /// them frequent: see `kick_every`).
+    pub fn run_until(
+        &mut self,
+        m: &mut Machine,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<StopReason, String> {
         if let Some(s) = &m.ended {
             return Ok(s.clone());
         }
@@ -1848,7 +1947,7 @@ impl NativeVm {
             return Err("the VM was interrupted in the middle of a native stretch".into());
         }
         loop {
-            if self.stopping() {
+            if self.stopping() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Ok(StopReason::Limit);
             }
             self.push(m)?;
@@ -1878,12 +1977,7 @@ impl NativeVm {
                 } else {
                     crate::cpu::fl::ARITH
                 };
-                crate::machine::PauseMatch {
-                    rip: m.cpu.rip,
-                    gpr: m.cpu.gpr,
-                    body: m.body_hash(ignore),
-                    ignore,
-                }
+                crate::machine::PauseMatch::of(m, ignore)
             });
             if kicked.is_some() {
                 self.stats.kicks += 1;

@@ -176,6 +176,8 @@ pub struct Machine {
     pub(crate) settler: Option<Box<crate::kvm::Settler>>,
     /// Checkpoints taken while settling native stretches (recordings on the KVM backend).
     pub(crate) checkpoint_log: Option<Arc<std::sync::Mutex<crate::kvm::CheckpointLog>>>,
+    /// Snapshots taken while settling native stretches (timelines on the KVM backend).
+    pub(crate) snapshot_log: Option<Arc<std::sync::Mutex<crate::kvm::SnapshotLog>>>,
     /// Native stretches replayed so far to learn their lengths.
     pub native_replays: u64,
     /// Instructions added to `icount` by settling native stretches (see `kvm`).
@@ -206,14 +208,39 @@ pub struct Snapshot {
 }
 
 /// A state to pause at (see `Machine::pause_match`): its RIP and registers to find
-/// candidates fast, then the hash of registers, memory and kernel state (without icount),
-/// with the flag bits in `ignore` cleared.
-#[derive(Clone, Debug)]
+/// candidates fast, then the hash of all registers (with the flag bits in `ignore` cleared)
+/// and the memory. (The kernel's state does not change in a native stretch.)
+#[derive(Clone)]
 pub(crate) struct PauseMatch {
     pub rip: u64,
     pub gpr: [u64; 16],
-    pub body: blake3::Hash,
+    pub regs: blake3::Hash,
+    pub pages: fx86_snapshots::PageTree,
+    pub vmas: std::collections::BTreeMap<u64, crate::mem::Vma>,
     pub ignore: u64,
+}
+
+impl PauseMatch {
+    /// The state of `m` to pause at.
+    pub(crate) fn of(m: &Machine, ignore: u64) -> PauseMatch {
+        PauseMatch {
+            rip: m.cpu.rip,
+            gpr: m.cpu.gpr,
+            regs: regs_hash(&m.cpu, ignore),
+            pages: m.mem.pages.clone(),
+            vmas: m.mem.vmas.clone(),
+            ignore,
+        }
+    }
+}
+
+/// blake3 over the registers, without the flag bits in `ignore`.
+fn regs_hash(cpu: &Cpu, ignore: u64) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    let mut cpu = cpu.clone();
+    cpu.set_rflags(cpu.rflags() & !ignore);
+    cpu.hash_into(&mut h);
+    h.finalize()
 }
 
 impl Snapshot {
@@ -318,6 +345,7 @@ impl Machine {
             unsettled: None,
             settler: None,
             checkpoint_log: None,
+            snapshot_log: None,
             native_replays: 0,
             native_settled: 0,
         }
@@ -720,24 +748,11 @@ impl Machine {
         let Some(p) = &self.pause_match else {
             return false;
         };
-        if self.cpu.rip != p.rip || self.cpu.gpr != p.gpr {
-            return false;
-        }
-        let (body, ignore) = (p.body, p.ignore);
-        self.body_hash(ignore) == body
-    }
-
-    /// blake3 over registers (without the flag bits in `ignore`), memory and kernel state:
-    /// the state without its position.
-    pub(crate) fn body_hash(&mut self, ignore: u64) -> blake3::Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(b"fx86 state body v1");
-        let mut cpu = self.cpu.clone();
-        cpu.set_rflags(cpu.rflags() & !ignore);
-        cpu.hash_into(&mut h);
-        self.mem.hash_into(&mut h);
-        self.kernel.hash_into(&mut h);
-        h.finalize()
+        self.cpu.rip == p.rip
+            && self.cpu.gpr == p.gpr
+            && regs_hash(&self.cpu, p.ignore) == p.regs
+            && self.mem.vmas == p.vmas
+            && self.mem.pages.same_contents(&p.pages)
     }
 
     /// blake3 over registers, memory, kernel state and the data tree.

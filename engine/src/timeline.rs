@@ -83,6 +83,12 @@ struct ReplayHost {
     frontier: Arc<AtomicU64>,
     logs: Arc<Mutex<Logs>>,
     view: FrozenView,
+    /// Set while the timeline runs natively (KVM): syscalls need not settle.
+    lazy: Arc<AtomicBool>,
+    /// The icount given is inexact (see `Host::inexact`).
+    inexact: bool,
+    /// Output chunks and events logged with inexact icounts (indices into the logs).
+    pending: (Vec<usize>, Vec<usize>),
 }
 
 impl ReplayHost {
@@ -109,6 +115,9 @@ impl Host for ReplayHost {
         }
         self.inner.write_output(fd, data);
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.inexact {
+            self.pending.0.push(logs.output.len());
+        }
         logs.output.push(OutputChunk {
             icount: self.icount,
             fd,
@@ -153,11 +162,33 @@ impl Host for ReplayHost {
         a
     }
     fn needs_icount(&self) -> bool {
-        true
+        !self.lazy.load(Ordering::Relaxed)
     }
 
     fn at_icount(&mut self, icount: u64) {
         self.icount = icount;
+    }
+    fn inexact(&mut self, yes: bool) {
+        self.inexact = yes;
+    }
+    fn settled(&mut self, map: &[(u64, u64)]) {
+        let fix = |x: u64| {
+            let k = map.partition_point(|&(from, _)| from <= x);
+            x + if k == 0 { 0 } else { map[k - 1].1 }
+        };
+        let (out, ev) = std::mem::take(&mut self.pending);
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        for i in out {
+            if let Some(c) = logs.output.get_mut(i) {
+                c.icount = fix(c.icount);
+            }
+        }
+        for i in ev {
+            if let Some(e) = logs.events.get_mut(i) {
+                e.icount = fix(e.icount);
+            }
+        }
+        self.inexact = false;
     }
     fn event(&mut self, ev: GuestEvent) {
         if ev.icount >= self.frontier.load(Ordering::Relaxed) {
@@ -167,6 +198,9 @@ impl Host for ReplayHost {
                 .last()
                 .is_none_or(|l| l.icount <= ev.icount && *l != ev)
             {
+                if self.inexact {
+                    self.pending.1.push(logs.events.len());
+                }
                 logs.events.push(ev);
             }
         }
@@ -211,6 +245,18 @@ pub struct Timeline {
     page_index: crate::machine::PageIndex,
     /// Whether the interval adapts to the engine's measured speed.
     adaptive: bool,
+    /// Forward execution past the end of history runs natively (see `use_native`).
+    native: Option<Native>,
+    /// Shared with the host: syscalls need not settle native stretches.
+    lazy: Arc<AtomicBool>,
+}
+
+/// A KVM VM that runs the guest forward past the end of history.
+struct Native {
+    vm: Box<crate::kvm::NativeVm>,
+    kick: std::time::Duration,
+    kicking: bool,
+    snaps: Arc<Mutex<crate::kvm::SnapshotLog>>,
 }
 
 impl Timeline {
@@ -219,6 +265,7 @@ impl Timeline {
     pub fn new(mut machine: Machine, interval: u64, snapshot_memory: u64) -> Timeline {
         let frontier = Arc::new(AtomicU64::new(machine.icount));
         let logs = Arc::new(Mutex::new(Logs::default()));
+        let lazy = Arc::new(AtomicBool::new(false));
         let inner = std::mem::replace(&mut machine.host, Box::new(NoHost));
         machine.host = Box::new(ReplayHost {
             inner,
@@ -226,6 +273,9 @@ impl Timeline {
             frontier: frontier.clone(),
             logs: logs.clone(),
             view: FrozenView::default(),
+            lazy: lazy.clone(),
+            inexact: false,
+            pending: Default::default(),
         });
         let mut snaps = BTreeMap::new();
         let s = machine.snapshot();
@@ -244,7 +294,115 @@ impl Timeline {
             progress: Arc::new(Progress::default()),
             page_index: Default::default(),
             adaptive: false,
+            native: None,
+            lazy,
         }
+    }
+
+    /// Runs forward past the end of history natively on `vm` (continuing without watchpoints;
+    /// breakpoints are checked by interpreting the pages that hold them), kicked out every
+    /// `kick` so that stretches stay short. Where native stretches end is learned by replay
+    /// (in the background) and only waited for when something needs the exact icount: going
+    /// back, stepping through history, `settle`. Snapshots are kept at their starts.
+    pub fn use_native(&mut self, vm: crate::kvm::NativeVm, kick: std::time::Duration) {
+        let snaps = Arc::new(Mutex::new(crate::kvm::SnapshotLog {
+            interval: self.interval,
+            next: self.machine.icount + self.interval,
+            taken: Vec::new(),
+        }));
+        self.machine.log_snapshots(snaps.clone());
+        self.native = Some(Native {
+            vm: Box::new(vm),
+            kick,
+            kicking: false,
+            snaps,
+        });
+    }
+
+    /// Whether the present icount is not known exactly yet (native stretches not settled).
+    pub fn unsettled(&self) -> bool {
+        self.machine.unsettled()
+    }
+
+    /// Makes the icount exact: waits for native stretches to be replayed, and takes their
+    /// snapshots into the history.
+    pub fn settle(&mut self) {
+        if self.machine.unsettled() {
+            self.machine.settle();
+        }
+        // (Also what the machine settled by itself: clock or stdin reads.)
+        if let Some(n) = &self.native {
+            let taken =
+                std::mem::take(&mut n.snaps.lock().unwrap_or_else(|e| e.into_inner()).taken);
+            for (ic, s) in taken {
+                self.snaps.entry(ic).or_insert(s);
+            }
+            self.thin();
+        }
+        self.note_progress();
+    }
+
+    /// Continues for about `wall` (or until a breakpoint, a watchpoint or the guest's end):
+    /// natively past the end of history when `use_native` was called and no watchpoint is
+    /// set, otherwise in the interpreter (up to `insns` instructions). `Limit` if nothing
+    /// stopped it.
+    pub fn continue_for(&mut self, insns: u64, wall: std::time::Duration) -> StopReason {
+        if !self.native_ready() {
+            self.settle();
+            return self.run_forward(self.machine.icount.saturating_add(insns));
+        }
+        let deadline = std::time::Instant::now() + wall;
+        // gdb's rule: a breakpoint where it continues from does not count.
+        if self.machine.breakpoints().contains(&self.machine.cpu.rip) {
+            let r = self.step_forward();
+            if r != StopReason::Limit {
+                return r;
+            }
+        }
+        let pages: Vec<u64> = self.machine.breakpoints().iter().map(|a| a >> 12).collect();
+        let n = self.native.as_mut().expect("checked");
+        if !n.kicking {
+            n.vm.kick_every(n.kick);
+            n.kicking = true;
+        }
+        self.lazy.store(true, Ordering::Relaxed);
+        let r =
+            n.vm.interpret_pages(&self.machine, pages)
+                .and_then(|()| n.vm.run_until(&mut self.machine, Some(deadline)));
+        self.lazy.store(false, Ordering::Relaxed);
+        match r {
+            Ok(stop) => stop,
+            Err(e) => {
+                // The VM failed: the interpreter goes on from where the engine's state is.
+                self.machine.host.diagnostic(&format!(
+                    "fx86: kvm backend failed ({e}); continuing in the interpreter"
+                ));
+                self.native = None;
+                self.settle();
+                StopReason::Limit
+            }
+        }
+    }
+
+    /// Whether `continue_for` would run natively from here.
+    pub fn native_ready(&self) -> bool {
+        self.native.is_some()
+            && self.machine.mem.watches().is_empty()
+            && self.machine.ended.is_none()
+            && (self.machine.unsettled() || self.machine.icount >= self.end)
+    }
+
+    /// Executes one instruction forward (a breakpoint here does not count).
+    pub fn step_forward(&mut self) -> StopReason {
+        if self.machine.unsettled() {
+            let r = self.machine.run_after_native(self.machine.icount + 1);
+            if self.machine.unsettled() {
+                return r;
+            }
+            self.settle();
+            return r;
+        }
+        self.run_forward(self.machine.icount + 1)
     }
 
     /// Like `new`, with the interval chosen from the engine's measured speed so that
@@ -281,6 +439,7 @@ impl Timeline {
     }
 
     /// The present icount.
+    /// (Inexact while native stretches are not settled: see `unsettled`, `settle`.)
     pub fn icount(&self) -> u64 {
         self.machine.icount
     }
@@ -345,6 +504,7 @@ impl Timeline {
     /// dropped, and the changed state becomes a snapshot so travelling forward from here again
     /// reproduces it.
     pub fn branch_here(&mut self) {
+        self.settle();
         let ic = self.machine.icount;
         let later: Vec<u64> = self.snaps.range(ic..).map(|(k, _)| *k).collect();
         for k in later {
@@ -446,6 +606,7 @@ impl Timeline {
     /// the history and taking snapshots on the way. A breakpoint at the starting point does not
     /// count (gdb's rule).
     pub fn run_forward(&mut self, limit: u64) -> StopReason {
+        self.settle();
         let mut first = true;
         self.progress_start(if limit == u64::MAX {
             0
@@ -517,6 +678,7 @@ impl Timeline {
     /// Moves to icount `n` exactly. Past the end of history this runs forward (and stops at
     /// the guest's end if it comes first).
     pub fn goto(&mut self, n: u64) {
+        self.settle();
         let cur = self.machine.icount;
         // Going forward from here is cheaper than restoring if no snapshot lies in between.
         let best = self.snapshot_at_or_before(n);
@@ -529,6 +691,7 @@ impl Timeline {
 
     /// Moves `k` instructions back (to icount 0 at most).
     pub fn step_back(&mut self, k: u64) {
+        self.settle();
         let n = self.machine.icount.saturating_sub(k);
         self.goto(n);
     }
@@ -542,6 +705,7 @@ impl Timeline {
     /// `reverse_continue`, also stopping (with `Cancelled`, at the present) when
     /// `interrupted()` says so; it is asked between intervals, every few milliseconds.
     pub fn reverse_continue_until(&mut self, mut interrupted: impl FnMut() -> bool) -> ReverseStop {
+        self.settle();
         let present = self.machine.icount;
         let starts: Vec<u64> = self.snaps.range(..present).map(|(k, _)| *k).rev().collect();
         let mut hi = present;

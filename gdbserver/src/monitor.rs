@@ -9,6 +9,8 @@ impl MonitorCmd for Fx86Target {
         cmd: &[u8],
         mut out: ConsoleOutput<'_>,
     ) -> Result<(), Self::Error> {
+        // Every command here speaks of exact positions.
+        self.tl.settle();
         let text = String::from_utf8_lossy(cmd);
         let mut words = text.split_whitespace();
         match words.next() {

@@ -343,6 +343,8 @@ pub enum EventLoop {}
 
 /// Instructions run between looks at the connection (Ctrl-C).
 const SLICE: u64 = 5_000_000;
+/// The same for native execution (`--backend kvm`), in time.
+const WALL_SLICE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl BlockingEventLoop for EventLoop {
     type Target = Fx86Target;
@@ -383,14 +385,14 @@ impl EventLoop {
     > {
         match what {
             Resume::Step => {
-                let r = t.tl.run_forward(t.tl.icount() + 1);
+                let r = t.tl.step_forward();
                 let stop = t
                     .stop_of_forward(r)
                     .unwrap_or(SingleThreadStopReason::DoneStep);
                 Ok(Event::TargetStopped(stop))
             }
             Resume::Continue => loop {
-                let r = t.tl.run_forward(t.tl.icount().saturating_add(SLICE));
+                let r = t.tl.continue_for(SLICE, WALL_SLICE);
                 if let Some(stop) = t.stop_of_forward(r) {
                     return Ok(Event::TargetStopped(stop));
                 }
@@ -400,6 +402,7 @@ impl EventLoop {
                 }
             },
             Resume::ReverseStep => {
+                t.tl.settle();
                 if t.tl.icount() == 0 {
                     return Ok(Event::TargetStopped(SingleThreadStopReason::ReplayLog {
                         tid: None,

@@ -361,6 +361,36 @@ impl PageTree {
         walk(&self.root, Some(&base.root), 0, &mut f);
     }
 
+    /// Whether both trees hold the same bytes (a missing page reads as zeros). Subtrees
+    /// still shared are skipped; it stops at the first difference.
+    pub fn same_contents(&self, other: &PageTree) -> bool {
+        fn zero(n: &Arc<Node>) -> bool {
+            match &n.kids {
+                Kids::Inner(k) => k.iter().flatten().all(zero),
+                Kids::Leaf(p) => p.iter().flatten().all(|p| p.data().iter().all(|&b| b == 0)),
+            }
+        }
+        fn same(a: &Arc<Node>, b: &Arc<Node>) -> bool {
+            if Arc::ptr_eq(a, b) {
+                return true;
+            }
+            match (&a.kids, &b.kids) {
+                (Kids::Inner(ak), Kids::Inner(bk)) => (0..FANOUT).all(|i| match (&ak[i], &bk[i]) {
+                    (Some(x), Some(y)) => same(x, y),
+                    (Some(x), None) | (None, Some(x)) => zero(x),
+                    (None, None) => true,
+                }),
+                (Kids::Leaf(ap), Kids::Leaf(bp)) => (0..FANOUT).all(|i| match (&ap[i], &bp[i]) {
+                    (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x.data() == y.data(),
+                    (Some(x), None) | (None, Some(x)) => x.data().iter().all(|&b| b == 0),
+                    (None, None) => true,
+                }),
+                _ => false,
+            }
+        }
+        same(&self.root, &other.root)
+    }
+
     /// Number of pages present.
     /// Like `changed_since`, but also reports pages that `base` has and this tree no longer
     /// has (with `None`): everything a mirror of `base` must change to become this tree.
@@ -459,6 +489,25 @@ mod tests {
         assert!(t.get(513).is_none());
         assert_eq!(t.get(1000).unwrap().data()[1], 513u64 as u8 | 1);
         assert_eq!(t.page_count(), 3);
+    }
+
+    #[test]
+    fn same_contents_compares_bytes_not_sharing() {
+        let mut a = PageTree::new();
+        a.get_mut(5).data_mut()[7] = 1;
+        let mut b = a.clone();
+        assert!(a.same_contents(&b));
+        b.get_mut(5).data_mut()[7] = 2;
+        assert!(!a.same_contents(&b));
+        b.get_mut(5).data_mut()[7] = 1;
+        assert!(
+            a.same_contents(&b),
+            "written back: same bytes in another page"
+        );
+        b.get_mut(1 << 30);
+        assert!(a.same_contents(&b), "a zero page is as good as none");
+        b.get_mut(1 << 30).data_mut()[0] = 9;
+        assert!(!a.same_contents(&b) && !b.same_contents(&a));
     }
 
     #[test]

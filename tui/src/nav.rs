@@ -93,6 +93,25 @@ impl Nav<'_> {
     pub fn cont(&mut self) -> Stop {
         let start = self.tl.icount();
         let r = loop {
+            if self.tl.native_ready() {
+                // Natively (`--backend kvm`), in slices of time; then the positions are
+                // learned (the view shows them).
+                let r = self
+                    .tl
+                    .continue_for(u64::MAX, std::time::Duration::from_millis(50));
+                if r == StopReason::Limit {
+                    if self.tl.cancel_handle().swap(false, Ordering::Relaxed) {
+                        self.tl.settle();
+                        return Stop::Cancelled;
+                    }
+                    continue;
+                }
+                self.tl.settle();
+                match r {
+                    StopReason::Watch(h) if silent(&h) => continue,
+                    r => break r,
+                }
+            }
             match self.tl.run_forward(u64::MAX) {
                 StopReason::Watch(h) if silent(&h) => {}
                 StopReason::Limit => return Stop::Cancelled,

@@ -736,6 +736,7 @@ impl Machine {
                 // Input is keyed by the exact icount of the read that took it (recordings),
                 // even on the KVM backend, where other syscalls need not settle.
                 let icount = self.now();
+                self.host.inexact(false);
                 self.host.at_icount(icount);
                 self.host.read_stdin(n)
             }

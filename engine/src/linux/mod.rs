@@ -279,6 +279,7 @@ impl Machine {
         } else {
             self.icount
         };
+        self.host.inexact(self.unsettled.is_some());
         self.host.at_icount(icount);
         self.host.event(crate::host::GuestEvent {
             icount,

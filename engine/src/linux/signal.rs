@@ -231,6 +231,7 @@ impl Machine {
         } else {
             self.icount
         };
+        self.host.inexact(self.unsettled.is_some());
         self.host.event(crate::host::GuestEvent {
             icount,
             kind: crate::host::EventKind::Signal(sig),
