@@ -221,6 +221,37 @@ fn auto_says_which_backend_it_chose() {
     assert_eq!(status_code(&run_with_input(v, b"")), 0);
 }
 
+/// The demo's bug hunt in gdb: break, step, crash, watch the corrupted pointer, go back to
+/// the write, step back once more, and on to the crash again.
+const OVERFLOW_STORY: &[&str] = &[
+    "break record_scores",
+    "continue",
+    "monitor icount",
+    "next",
+    "next",
+    "monitor icount",
+    "continue",
+    "bt",
+    "up",
+    "watch -l t->report",
+    "reverse-continue",
+    "print i",
+    "reverse-stepi",
+    "monitor icount",
+    "delete",
+    "continue",
+    "kill",
+];
+
+/// The demo guest (demo-guests/overflow.c) built without optimisation.
+fn demo_guest() -> std::path::PathBuf {
+    build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
+        "gcc",
+        "-O0",
+    )
+}
+
 /// Runs the same gdb session against `gdbserver --backend interp` and `--backend kvm` on
 /// `bin args`; returns both transcripts.
 fn gdb_both(bin: &Path, args: &[&str], cmds: &[&str]) -> [String; 2] {
@@ -251,34 +282,7 @@ fn gdb_sessions_on_kvm_equal_the_interpreters() {
     if !kvm_usable() {
         return;
     }
-    let overflow = build(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
-        "gcc",
-        "-O0",
-    );
-    let [i, k] = gdb_both(
-        &overflow,
-        &["7"],
-        &[
-            "break record_scores",
-            "continue",
-            "monitor icount",
-            "next",
-            "next",
-            "monitor icount",
-            "continue",
-            "bt",
-            "up",
-            "watch -l t->report",
-            "reverse-continue",
-            "print i",
-            "reverse-stepi",
-            "monitor icount",
-            "delete",
-            "continue",
-            "kill",
-        ],
-    );
+    let [i, k] = gdb_both(&demo_guest(), &["7"], OVERFLOW_STORY);
     assert_eq!(k, i, "kvm vs interp");
     assert!(k.contains("SIGSEGV") && k.contains("$1 = 8"), "{k}");
     assert!(k.matches("icount ").count() >= 3, "{k}");
@@ -416,42 +420,36 @@ fn gdb_goes_back_in_a_run_recorded_natively() {
         return;
     }
     let dir = scratch("kvm", "gdb");
-    let bin = build(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-guests/overflow.c"),
-        "gcc",
-        "-O0",
+    let bin = demo_guest();
+    // The same session on a replay of each recording: the same transcript.
+    let mut seen = Vec::new();
+    for backend in ["interp", "kvm"] {
+        let file = format!("bug.{backend}.fxr");
+        let mut c = fx86();
+        c.current_dir(&dir)
+            .args(["record", "--backend", backend, "-o", &file, "--"])
+            .arg(&bin)
+            .arg("7");
+        let o = run_with_input(c, b"");
+        assert_eq!(status_code(&o), 139, "{}", lossy(&o.stderr));
+        let (out, rest) = gdb_with(
+            |addr| {
+                let mut c = fx86();
+                c.current_dir(&dir).args(["replay", &file, "--gdb", addr]);
+                c
+            },
+            Some(&bin),
+            OVERFLOW_STORY,
+        );
+        assert!(!rest.contains("panicked"), "{rest}");
+        seen.push(out);
+    }
+    assert!(
+        seen[1].contains("SIGSEGV") && seen[1].contains("$1 = 8"),
+        "{}",
+        seen[1]
     );
-    let mut c = fx86();
-    c.current_dir(&dir)
-        .args(["record", "--backend", "kvm", "-o", "bug.fxr", "--"])
-        .arg(&bin)
-        .arg("7");
-    let o = run_with_input(c, b"");
-    assert_eq!(status_code(&o), 139, "{}", lossy(&o.stderr));
-    let (out, rest) = gdb_with(
-        |addr| {
-            let mut c = fx86();
-            c.current_dir(&dir)
-                .args(["replay", "bug.fxr", "--gdb", addr]);
-            c
-        },
-        None,
-        &[
-            "continue",
-            "bt",
-            "up",
-            "watch -l t->report",
-            "reverse-continue",
-            "print i",
-            "reverse-stepi",
-            "monitor icount",
-            "kill",
-        ],
-    );
-    assert!(out.contains("SIGSEGV"), "{out}");
-    assert!(out.contains("record_scores"), "{out}");
-    assert!(out.contains("$1 = 8"), "{out}");
-    assert!(!rest.contains("panicked"), "{rest}");
+    assert_eq!(seen[1], seen[0], "replays of the kvm and interp recordings");
 }
 
 #[test]

@@ -101,6 +101,14 @@ fn session_with(opts: &str, args: &str) -> Tmux {
     Tmux::start(&cmd)
 }
 
+/// The icount the status line shows.
+fn icount_shown(screen: &str) -> Option<String> {
+    screen
+        .lines()
+        .find_map(|l| l.split("icount ").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+}
+
 #[test]
 fn the_kvm_backend_continues_natively_and_goes_back_as_before() {
     if std::fs::OpenOptions::new()
@@ -120,10 +128,7 @@ fn the_kvm_backend_continues_natively_and_goes_back_as_before() {
         t.keys(&["c"]);
         let s = t.wait_for("SIGSEGV");
         assert!(s.contains("round 8: 4106"), "{opts}: {s}");
-        let at_crash = s
-            .lines()
-            .find_map(|l| l.split("icount ").nth(1))
-            .map(|r| r.split_whitespace().next().unwrap_or("").to_string());
+        let at_crash = icount_shown(&s);
         t.keys(&["w"]);
         t.literal("rdi+64");
         t.keys(&["Enter"]);
@@ -131,10 +136,7 @@ fn the_kvm_backend_continues_natively_and_goes_back_as_before() {
         t.keys(&["C"]);
         let s = t.wait_for("(reverse)");
         assert!(s.contains("overflow.c:22"), "{opts}: {s}");
-        let at_write = s
-            .lines()
-            .find_map(|l| l.split("icount ").nth(1))
-            .map(|r| r.split_whitespace().next().unwrap_or("").to_string());
+        let at_write = icount_shown(&s);
         seen.push((at_crash, at_write));
         t.keys(&["q"]);
         let s = t.wait_for("FX86-EXIT=");

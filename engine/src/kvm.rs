@@ -200,6 +200,10 @@ extern "C" fn on_kick(_sig: libc::c_int) {}
 struct Kicker {
     /// Set while the VM's thread is in `KVM_RUN` (signals at other times are not sent).
     in_vm: Arc<std::sync::atomic::AtomicBool>,
+    /// The period asked for, and the one in effect (longer when kicks cost more than a
+    /// small share of it: see `NativeVm::run_until`).
+    base: std::time::Duration,
+    period_us: Arc<std::sync::atomic::AtomicU64>,
     done: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -220,13 +224,20 @@ impl Kicker {
         let target = unsafe { libc::pthread_self() };
         let in_vm = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (inside, finished) = (in_vm.clone(), done.clone());
+        let period_us = Arc::new(std::sync::atomic::AtomicU64::new(period.as_micros() as u64));
+        let (inside, finished, every) = (in_vm.clone(), done.clone(), period_us.clone());
         let thread = std::thread::Builder::new()
             .name("fx86-kick".into())
             .spawn(move || {
                 use std::sync::atomic::Ordering::Relaxed;
                 while !finished.load(Relaxed) {
-                    std::thread::sleep(period);
+                    // (In steps, so that dropping the kicker does not wait a whole period.)
+                    let mut left = every.load(Relaxed);
+                    while left > 0 && !finished.load(Relaxed) {
+                        let step = left.min(10_000);
+                        std::thread::sleep(std::time::Duration::from_micros(step));
+                        left -= step;
+                    }
                     if inside.load(Relaxed) && !finished.load(Relaxed) {
                         // SAFETY: the VM's thread outlives this one (joined on drop).
                         unsafe {
@@ -239,6 +250,8 @@ impl Kicker {
         Some(Kicker {
             in_vm,
             done,
+            base: period,
+            period_us,
             thread: Some(thread),
         })
     }
@@ -435,18 +448,22 @@ pub(crate) struct Settler {
     early: BTreeMap<u64, (SettleResult, Box<Stretch>)>,
     results: std::sync::mpsc::Receiver<(u64, SettleResult, Box<Stretch>)>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// The collecting thread's own replaying machine (see `next`).
+    helper: Option<Box<Machine>>,
     /// Raised when nobody will ask for the lengths any more (the machine is dropped).
     cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Settler {
-    /// One worker per core (native execution shares them): stretches start from exact
-    /// states, so they replay independently; results are collected in order.
+    /// One worker per core but the VM's (which would compete with it): stretches start from
+    /// exact states, so they replay independently; results are collected in order, and the
+    /// collecting thread (the VM's, waiting) replays stretches no worker has taken yet.
     fn spawn() -> Option<Settler> {
         let queue: Arc<(std::sync::Mutex<Jobs>, std::sync::Condvar)> = Default::default();
         let (tx, results) = std::sync::mpsc::channel();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n =
+            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
         let mut workers = Vec::new();
         for k in 0..n {
             let (queue, tx, stop) = (queue.clone(), tx.clone(), cancel.clone());
@@ -479,6 +496,7 @@ impl Settler {
             results,
             workers,
             cancel,
+            helper: None,
         })
     }
 
@@ -502,6 +520,16 @@ impl Settler {
         loop {
             if let Some((r, s)) = self.early.remove(&want) {
                 return (r, Some(s));
+            }
+            // Help: replay a stretch no worker has taken yet.
+            let job = {
+                let mut q = self.queue.0.lock().unwrap_or_else(|e| e.into_inner());
+                q.pending.pop_front()
+            };
+            if let Some((seq, s)) = job {
+                let r = replay_on(&mut self.helper, &s, None, None).map(|r| (r.len, r.flags));
+                self.early.insert(seq, (r, s));
+                continue;
             }
             match self.results.recv() {
                 Ok((seq, r, s)) if seq == want => return (r, Some(s)),
@@ -1946,11 +1974,22 @@ impl NativeVm {
         if self.interrupted {
             return Err("the VM was interrupted in the middle of a native stretch".into());
         }
+        // The pages the last stretch a kick ended wrote.
+        let mut kick_handled: Option<u64> = None;
         loop {
             if self.stopping() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Ok(StopReason::Limit);
             }
             self.push(m)?;
+            if let (Some(pages), Some(k)) = (kick_handled.take(), &self.kicker) {
+                // Each page a kick copied faults once more when written again (for the
+                // dirty log; tens of microseconds on a host with shadow paging): keep that
+                // near 5% of the period.
+                let cost = pages * 25;
+                let want = (cost * 20).clamp(k.base.as_micros() as u64, 10_000_000);
+                k.period_us
+                    .store(want, std::sync::atomic::Ordering::Relaxed);
+            }
             let start = m.snapshot();
             let ev = self.enter(m)?;
             if let Event::Interrupted = ev {
@@ -1964,6 +2003,7 @@ impl NativeVm {
             // were never executed natively before they were mapped.
             let interp_pages = self.interp_pages.clone();
             let trap_sites = self.trap_sites.clone();
+            let dirty_before = self.stats.dirty_pages;
             self.pull(m, &ev)?;
             let (syscall, interpret) = match ev {
                 Event::Syscall(_) => (true, false),
@@ -1971,6 +2011,9 @@ impl NativeVm {
                 Event::Kicked { .. } => (false, false),
                 Event::Interrupted => unreachable!("handled above"),
             };
+            if matches!(ev, Event::Kicked { .. }) {
+                kick_handled = Some(self.stats.dirty_pages - dirty_before);
+            }
             let kicked = matches!(ev, Event::Kicked { .. }).then(|| {
                 let ignore = if self.host_flags_match {
                     0
