@@ -190,6 +190,12 @@ fn flags_and_fallbacks_explain_themselves() {
         "{}",
         lossy(&o.stderr)
     );
+    // A kick period longer than the adaptive one's ceiling is simply used.
+    let mut l = fx86();
+    l.args(["run", "--backend", "kvm", "--kick-ms", "20000", "--"])
+        .arg(&bin);
+    let o = run_with_input(l, b"");
+    assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
     let mut a = fx86();
     a.args(["run", "--backend", "auto", "--"]).arg(&bin);
     let o = run_with_input(a, b"");

@@ -1986,7 +1986,8 @@ impl NativeVm {
                 // dirty log; tens of microseconds on a host with shadow paging): keep that
                 // near 5% of the period.
                 let cost = pages * 25;
-                let want = (cost * 20).clamp(k.base.as_micros() as u64, 10_000_000);
+                let base = k.base.as_micros() as u64;
+                let want = (cost * 20).min(10_000_000).max(base);
                 k.period_us
                     .store(want, std::sync::atomic::Ordering::Relaxed);
             }
