@@ -175,6 +175,40 @@ fn real_programs_with_input() {
 }
 
 #[test]
+fn python_runs_natively() {
+    if !kvm_usable() {
+        return;
+    }
+    // Its pages begin with the tails of instructions from the pages before, where a wrong
+    // decoding phase once patched a byte inside a real instruction (see `classify_page`).
+    // (Without --cross-check, which replays each of its thousands of stretches at once.)
+    let script = "import json; print(json.dumps({'answer': 6 * 7}))";
+    let mut runs = Vec::new();
+    for backend in ["interp", "kvm"] {
+        let mut c = fx86();
+        c.args(["run", "--backend", backend, "--stats", "--"])
+            .args(["/usr/bin/python3.11", "-S", "-c", script]);
+        runs.push(run_with_input(c, b""));
+    }
+    let (i, k) = (&runs[0], &runs[1]);
+    assert_eq!(
+        lossy(&k.stdout),
+        "{\"answer\": 42}\n",
+        "{}",
+        lossy(&k.stderr)
+    );
+    assert_eq!(lossy(&k.stdout), lossy(&i.stdout));
+    let (il, kl) = (stats_line(i), stats_line(k));
+    for key in ["icount", "state", "exit"] {
+        assert_eq!(
+            stat_field(&kl, key),
+            stat_field(&il, key),
+            "{key}\n{il}\n{kl}"
+        );
+    }
+}
+
+#[test]
 fn flags_and_fallbacks_explain_themselves() {
     if !kvm_usable() {
         return;

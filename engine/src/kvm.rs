@@ -2285,9 +2285,9 @@ fn classify_page(
                 decode(o)
                     .is_none_or(|i| !model_specific(&i) && (!divergent || divergent_flags(&i) == 0))
             });
-        let lead = (0..16.min(first))
+        let syncs: Vec<(usize, Vec<(usize, Instruction)>)> = (0..16.min(first))
             .chain(tail_only.then_some(first))
-            .find_map(|s0| {
+            .filter_map(|s0| {
                 let mut v = Vec::new();
                 let mut off = s0;
                 while off < first {
@@ -2296,8 +2296,24 @@ fn classify_page(
                     off += ins.len();
                 }
                 (off == first).then_some((s0, v))
-            });
-        let (s0, lead) = lead.ok_or(format!("no lead sync to {first:#x}"))?;
+            })
+            .collect();
+        // The real phase is one of those that sync; if several do, which one is unknown,
+        // and none of them may hold an instruction that would be patched (a wrong phase
+        // would patch a byte in the middle of a real instruction).
+        let patchable =
+            |i: &Instruction| model_specific(i) || (divergent && divergent_flags(i) != 0);
+        if syncs.len() > 1
+            && syncs
+                .iter()
+                .any(|(_, v)| v.iter().any(|(_, i)| patchable(i)))
+        {
+            return Err(format!("ambiguous lead before {first:#x}"));
+        }
+        let (s0, lead) = syncs
+            .into_iter()
+            .next()
+            .ok_or(format!("no lead sync to {first:#x}"))?;
         inside[..s0].fill(true);
         for (off, ins) in lead {
             start[off] = true;
@@ -2673,6 +2689,20 @@ mod tests {
         let p = page(&[0x31, 0xc0, 0x0f, 0xa2, 0x0f, 0x31, 0xc3]);
         let sites = classify_page(&p, BASE, &[BASE + 0x100], true).expect("classified");
         assert_eq!(sites, vec![0x102, 0x104]);
+    }
+
+    #[test]
+    fn an_ambiguous_lead_is_not_patched() {
+        // The page starts with the tail of an instruction from the page before. From offset
+        // 0 the bytes read `cpuid; nop ...`, from offset 1 `mov [moffs64], al`: which one is
+        // real is unknown, and patching offset 0 could break a real instruction (python3.11
+        // crashed so, natively). The page stays interpreted.
+        let mut p = page(&[0xc3]);
+        p[0] = 0x0f;
+        p[1] = 0xa2;
+        p[2..10].fill(0x90);
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], true).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], false).is_err());
     }
 
     #[test]
