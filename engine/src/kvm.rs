@@ -2073,6 +2073,10 @@ impl NativeVm {
                     if stop != StopReason::Limit || !self.interp_pages.contains(&pn) {
                         break stop;
                     }
+                    // (A loop on such a page must not keep Ctrl-C or a time slice waiting.)
+                    if self.stopping() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        break stop;
+                    }
                     self.try_native(m, pn)?;
                     if !self.interp_pages.contains(&pn) {
                         break stop;
