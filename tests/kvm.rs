@@ -436,7 +436,7 @@ fn kicks_put_checkpoints_inside_computations_without_system_calls() {
         .arg(&file)
         .arg("--")
         .arg(&spin)
-        .arg("5000000");
+        .arg("20000000");
     let o = run_with_input(c, b"");
     assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
     let mut v = fx86();

@@ -331,8 +331,9 @@ pub struct NativeVm {
     /// `divergent_flags`): executed by the interpreter's code on the VM's registers, in
     /// place, without ending the native stretch.
     inline_sites: BTreeMap<u64, iced_x86::Instruction>,
-    /// Seeds tried for pages that could not be classified yet (retry when there are more).
-    tried: BTreeMap<u64, usize>,
+    /// Seeds tried for pages that could not be classified yet, and whether the phase of
+    /// their first bytes was known (retry when there are more seeds or it becomes known).
+    tried: BTreeMap<u64, (usize, bool)>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
@@ -345,6 +346,12 @@ pub struct NativeVm {
     /// A stretch was cut short by `stop`: the VM cannot go on.
     interrupted: bool,
     kicker: Option<Kicker>,
+    /// The guest pages the last return from the VM copied back (written natively).
+    copied: Vec<u64>,
+    /// Pages kicks copied back and not copied since (see `adapt_kick_period`), and how many
+    /// such pages were copied again since the last kick.
+    kick_copied: std::collections::HashSet<u64>,
+    copied_again: u64,
     /// A kick set the trap flag: the next single-step trap in user code ends the stretch.
     kick_pending: bool,
     /// A kick set the trap flag during this stretch (it is not the guest's).
@@ -969,6 +976,9 @@ impl NativeVm {
             stop: None,
             interrupted: false,
             kicker: None,
+            copied: Vec::new(),
+            kick_copied: Default::default(),
+            copied_again: 0,
             kick_pending: false,
             tf_by_kick: false,
             forced: BTreeSet::new(),
@@ -1378,10 +1388,15 @@ impl NativeVm {
             return Ok(());
         }
         let seeds = m.block_starts_on(pn);
-        if self.tried.get(&pn).is_some_and(|&n| n >= seeds.len()) {
+        let lead = lead_phase(m, pn);
+        if self
+            .tried
+            .get(&pn)
+            .is_some_and(|&(n, known)| n >= seeds.len() && (known || lead.is_none()))
+        {
             return Ok(());
         }
-        self.tried.insert(pn, seeds.len());
+        self.tried.insert(pn, (seeds.len(), lead.is_some()));
         let mut bytes = vec![0u8; PAGE_SIZE + 15];
         bytes[..PAGE_SIZE].copy_from_slice(self.frame(f));
         let next = (pn + 1) << 12;
@@ -1398,7 +1413,7 @@ impl NativeVm {
             PAGE_SIZE
         };
         let divergent = !self.host_flags_match;
-        let Ok(sites) = classify_page(&bytes[..avail], pn << 12, &seeds, divergent) else {
+        let Ok(sites) = classify_page(&bytes[..avail], pn << 12, &seeds, lead, divergent) else {
             return Ok(());
         };
         // 06 (`push es`) is invalid in 64-bit mode: #UD at the very instruction, and one
@@ -1898,6 +1913,7 @@ impl NativeVm {
         }
         m.load_fx_image(&img)
             .map_err(|_| "the VM returned an invalid MXCSR".to_string())?;
+        self.copied.clear();
         for c in 0..self.chunks.len() {
             let bitmap = self
                 .vm
@@ -1913,6 +1929,7 @@ impl NativeVm {
                     if pn != NO_PAGE {
                         m.mem.put_page(pn, self.frame(f));
                         self.stats.dirty_pages += 1;
+                        self.copied.push(pn);
                     }
                 }
             }
@@ -1941,6 +1958,34 @@ impl NativeVm {
         }
         self.flush = true;
         Ok(())
+    }
+
+    /// Lengthens the kick period when kicks make many pages be copied twice. A page a kick
+    /// copied back faults once more when it is written again (for the dirty log; tens of
+    /// microseconds on a host with shadow paging) and is copied again at the next exit;
+    /// without the kick it would have been copied once. The copies of such pages since the
+    /// last kick are kept near 5% of the period. (Pages written once, as at start-up, cost
+    /// little more.) Called after each exit's pages were copied back.
+    fn adapt_kick_period(&mut self, kicked: bool) {
+        for p in &self.copied {
+            if self.kick_copied.remove(p) {
+                self.copied_again += 1;
+            }
+        }
+        if !kicked {
+            return;
+        }
+        self.kick_copied.extend(self.copied.iter().copied());
+        if let Some(k) = &self.kicker {
+            let base = k.base.as_micros() as u64;
+            // (A kick that copies many pages is likely to be followed by copies of them
+            // again: an eighth of them count before that is seen.)
+            let pages = self.copied_again + self.copied.len() as u64 / 8;
+            let want = (pages * 25 * 20).clamp(base, 10_000_000.max(base));
+            k.period_us
+                .store(want, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.copied_again = 0;
     }
 
     /// Kicks the VM out every `period` (from the thread that calls this, which must be the
@@ -1974,23 +2019,11 @@ impl NativeVm {
         if self.interrupted {
             return Err("the VM was interrupted in the middle of a native stretch".into());
         }
-        // The pages the last stretch a kick ended wrote.
-        let mut kick_handled: Option<u64> = None;
         loop {
             if self.stopping() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Ok(StopReason::Limit);
             }
             self.push(m)?;
-            if let (Some(pages), Some(k)) = (kick_handled.take(), &self.kicker) {
-                // Each page a kick copied faults once more when written again (for the
-                // dirty log; tens of microseconds on a host with shadow paging): keep that
-                // near 5% of the period.
-                let cost = pages * 25;
-                let base = k.base.as_micros() as u64;
-                let want = (cost * 20).min(10_000_000).max(base);
-                k.period_us
-                    .store(want, std::sync::atomic::Ordering::Relaxed);
-            }
             let start = m.snapshot();
             let ev = self.enter(m)?;
             if let Event::Interrupted = ev {
@@ -2004,17 +2037,16 @@ impl NativeVm {
             // were never executed natively before they were mapped.
             let interp_pages = self.interp_pages.clone();
             let trap_sites = self.trap_sites.clone();
-            let dirty_before = self.stats.dirty_pages;
             self.pull(m, &ev)?;
+            if self.kicker.is_some() {
+                self.adapt_kick_period(matches!(ev, Event::Kicked { .. }));
+            }
             let (syscall, interpret) = match ev {
                 Event::Syscall(_) => (true, false),
                 Event::Exception { interpret, .. } => (false, interpret),
                 Event::Kicked { .. } => (false, false),
                 Event::Interrupted => unreachable!("handled above"),
             };
-            if matches!(ev, Event::Kicked { .. }) {
-                kick_handled = Some(self.stats.dirty_pages - dirty_before);
-            }
             let kicked = matches!(ev, Event::Kicked { .. }).then(|| {
                 let ignore = if self.host_flags_match {
                     0
@@ -2184,11 +2216,86 @@ pub(crate) fn model_specific(ins: &iced_x86::Instruction) -> bool {
     })
 }
 
+/// Where the first instruction on code page `pn` begins (after the tail of one from the
+/// page before), if that can be known. It is known at a page boundary that an instruction
+/// the interpreter executed crosses or reaches, and is 0 after a page that is not
+/// executable; from the nearest such boundary or instruction the interpreter executed on an
+/// earlier page, a linear sweep (as `classify_page` sweeps) carries it to `pn`.
+fn lead_phase(m: &Machine, pn: u64) -> Option<usize> {
+    const LOOK_BACK: u64 = 64;
+    let exec = |q: u64| {
+        m.mem
+            .vma_at(q << 12)
+            .is_some_and(|(_, v)| v.prot & PROT_EXEC != 0)
+    };
+    // (page, offset of an instruction start on it)
+    let mut q = pn;
+    let (mut page, mut off) = loop {
+        if let Some(end) = m.straddle_end_on(q) {
+            break (q, (end - (q << 12)) as usize);
+        }
+        let prev = q.checked_sub(1)?;
+        if !exec(prev) {
+            break (q, 0);
+        }
+        if let Some(a) = m.block_starts_on(prev).into_iter().max() {
+            break (prev, (a - (prev << 12)) as usize);
+        }
+        if pn - prev >= LOOK_BACK {
+            return None;
+        }
+        q = prev;
+    };
+    let mut bytes = vec![0u8; PAGE_SIZE + 15];
+    while page < pn {
+        bytes[..PAGE_SIZE].copy_from_slice(m.mem.pages.get(page)?.data());
+        bytes[PAGE_SIZE..].copy_from_slice(&m.mem.pages.get(page + 1)?.data()[..15]);
+        off = tail_phase(&bytes, page << 12, off)?;
+        page += 1;
+    }
+    Some(off)
+}
+
+/// Decodes `bytes` (a page and the first 15 bytes of the next, at `base`) linearly from
+/// offset `from`, skipping zero padding after returns and jumps, up to the end of the page:
+/// where the first instruction of the next page begins. `None` if a byte does not decode or
+/// padding runs to the end.
+fn tail_phase(bytes: &[u8], base: u64, from: usize) -> Option<usize> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let mut d = Decoder::with_ip(64, bytes, base, DecoderOptions::NONE);
+    let mut off = from;
+    while off < PAGE_SIZE {
+        d.set_position(off).ok()?;
+        d.set_ip(base + off as u64);
+        let ins = d.decode();
+        if ins.is_invalid() {
+            return None;
+        }
+        off += ins.len();
+        if off >= PAGE_SIZE {
+            return Some(off - PAGE_SIZE);
+        }
+        if matches!(
+            ins.flow_control(),
+            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
+        ) {
+            while off < PAGE_SIZE && bytes[off] == 0 {
+                off += 1;
+            }
+            if off == PAGE_SIZE {
+                return None;
+            }
+        }
+    }
+    Some(off - PAGE_SIZE)
+}
+
 /// Disassembles the code page at `base` (`bytes` may run up to 15 bytes into the next page):
 /// from `seeds`, instructions the interpreter executed there, it follows direct branches
 /// within the page and sweeps linearly onwards (also past returns and jumps, into the next
 /// function as compilers lay them out); the bytes before the first known instruction are
-/// decoded from whichever of the first 16 offsets lands exactly on it. Succeeds only if
+/// decoded from `lead` (where it is known: see `lead_phase`), else from whichever of the
+/// first 16 offsets lands exactly on it. Succeeds only if
 /// every candidate byte pattern then lies inside a decoded instruction or starts one, and no
 /// two decodings overlap (except a branch into the middle of a prefixed instruction, which
 /// decodes to the same instruction without the prefix); returns the offsets of the
@@ -2199,6 +2306,7 @@ fn classify_page(
     bytes: &[u8],
     base: u64,
     seeds: &[u64],
+    lead: Option<usize>,
     divergent: bool,
 ) -> Result<Vec<u16>, String> {
     use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
@@ -2289,8 +2397,15 @@ fn classify_page(
                 decode(o)
                     .is_none_or(|i| !model_specific(&i) && (!divergent || divergent_flags(&i) == 0))
             });
-        let syncs: Vec<(usize, Vec<(usize, Instruction)>)> = (0..16.min(first))
-            .chain(tail_only.then_some(first))
+        let phases: Vec<usize> = match lead {
+            Some(p) if p > first => return Err(format!("lead {p:#x} runs past {first:#x}")),
+            Some(p) => vec![p],
+            None => (0..16.min(first))
+                .chain(tail_only.then_some(first))
+                .collect(),
+        };
+        let syncs: Vec<(usize, Vec<(usize, Instruction)>)> = phases
+            .into_iter()
             .filter_map(|s0| {
                 let mut v = Vec::new();
                 let mut off = s0;
@@ -2691,7 +2806,7 @@ mod tests {
     fn classify_finds_model_specific_sites() {
         // xor eax,eax; cpuid; rdtsc; ret
         let p = page(&[0x31, 0xc0, 0x0f, 0xa2, 0x0f, 0x31, 0xc3]);
-        let sites = classify_page(&p, BASE, &[BASE + 0x100], true).expect("classified");
+        let sites = classify_page(&p, BASE, &[BASE + 0x100], None, true).expect("classified");
         assert_eq!(sites, vec![0x102, 0x104]);
     }
 
@@ -2705,26 +2820,71 @@ mod tests {
         p[0] = 0x0f;
         p[1] = 0xa2;
         p[2..10].fill(0x90);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], true).is_err());
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], false).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, false).is_err());
+    }
+
+    #[test]
+    fn a_known_lead_decides_what_is_patched() {
+        // As above, with the phase known (from the page before): from offset 0 the cpuid is
+        // real and patched; from offset 1 there is no cpuid.
+        let mut p = page(&[0xc3]);
+        p[0] = 0x0f;
+        p[1] = 0xa2;
+        p[2..10].fill(0x90);
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], Some(0), false),
+            Ok(vec![0])
+        );
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], Some(1), false),
+            Ok(vec![])
+        );
+        // A phase that does not lead to the first known instruction is refused.
+        p[10] = 0x0f;
+        p[11] = 0x0b;
+        p[12] = 0x0f;
+        assert!(classify_page(&p, BASE, &[BASE + 11], Some(1), false).is_err());
+    }
+
+    #[test]
+    fn the_phase_of_the_next_page_comes_from_a_sweep() {
+        let mut p = vec![0xccu8; PAGE_SIZE + 15];
+        // mov eax, 1 at 0xffd runs 2 bytes into the next page.
+        p[0xffd..0x1002].copy_from_slice(&[0xb8, 0x01, 0x00, 0x00, 0x00]);
+        assert_eq!(tail_phase(&p, BASE, 0x800), Some(2));
+        assert_eq!(tail_phase(&p, BASE, 0xffd), Some(2));
+        // An instruction that ends at the page's end: the next page starts with one.
+        p[0xffd..0x1000].copy_from_slice(&[0x48, 0x89, 0xc3]);
+        assert_eq!(tail_phase(&p, BASE, 0xf00), Some(0));
+        // ret, then zero padding to the end: unknown.
+        p[0xf00] = 0xc3;
+        p[0xf01..0x1000].fill(0);
+        assert_eq!(tail_phase(&p, BASE, 0xf00), None);
+        // Bytes that do not decode: unknown.
+        p[0xf00] = 0x06;
+        assert_eq!(tail_phase(&p, BASE, 0xf00), None);
     }
 
     #[test]
     fn classify_accepts_branch_past_lock_prefix() {
         // je 1f; lock; 1: cmpxchg [rdi],ecx; ret
         let p = page(&[0x74, 0x01, 0xf0, 0x0f, 0xb1, 0x0f, 0xc3]);
-        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            Ok(vec![])
+        );
     }
 
     #[test]
     fn classify_rejects_overlapping_or_invalid_decodings() {
         // jmp into the middle of a cpuid: the two decodings disagree.
         let p = page(&[0xeb, 0x01, 0x0f, 0xa2, 0xc3]);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], true).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
         // Bytes that do not decode cannot be vouched for.
         let p = page(&[0x90, 0x06, 0xc3]);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], true).is_err());
-        assert!(classify_page(&page(&[0xc3]), BASE, &[], true).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
+        assert!(classify_page(&page(&[0xc3]), BASE, &[], None, true).is_err());
     }
 
     #[test]
@@ -2732,18 +2892,24 @@ mod tests {
         // imul rax,rbx; pushfq; ret: the flags are read (pushfq): interpreted.
         let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x9c, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true),
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
             Ok(vec![0x100])
         );
         // Not with a host that agrees with the model.
-        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], false), Ok(vec![]));
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], None, false),
+            Ok(vec![])
+        );
         // imul rax,rbx; add rax,1; ret: overwritten first, so it runs natively.
         let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
-        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            Ok(vec![])
+        );
         // shr rax,cl; syscall: the kernel entry saves RFLAGS in R11.
         let p = page(&[0x48, 0xd3, 0xe8, 0x0f, 0x05, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true),
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
             Ok(vec![0x100])
         );
         // shl rax,3; shr rdx,cl; cmp rax,rdx; ret: a shift by CL may not write the flags,
@@ -2751,16 +2917,22 @@ mod tests {
         let p = page(&[
             0x48, 0xc1, 0xe0, 0x03, 0x48, 0xd3, 0xea, 0x48, 0x39, 0xd0, 0xc3,
         ]);
-        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            Ok(vec![])
+        );
         // sar rax,1; call f; ret; f: cmp rax,1; ret: the callee overwrites them first.
         let p = page(&[
             0x48, 0xd1, 0xf8, 0xe8, 0x01, 0x00, 0x00, 0x00, 0xc3, 0x48, 0x83, 0xf8, 0x01, 0xc3,
         ]);
-        assert_eq!(classify_page(&p, BASE, &[BASE + 0x100], true), Ok(vec![]));
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            Ok(vec![])
+        );
         // mul rbx; ret: the caller is unknown.
         let p = page(&[0x48, 0xf7, 0xe3, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true),
+            classify_page(&p, BASE, &[BASE + 0x100], None, true),
             Ok(vec![0x100])
         );
     }

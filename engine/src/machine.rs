@@ -729,6 +729,24 @@ impl Machine {
             .unwrap_or_default()
     }
 
+    /// Where the first instruction on page `pn` begins, if the interpreter executed one that
+    /// starts on the page before and runs up to or into `pn` (its end): the phase of the
+    /// page's first bytes.
+    pub(crate) fn straddle_end_on(&self, pn: u64) -> Option<u64> {
+        let base = pn << 12;
+        let starts = self.blocks.by_page.get(&pn)?;
+        starts.iter().filter(|&&a| a < base).find_map(|a| {
+            self.blocks.blocks.get(a)?.iter().find_map(|o| {
+                let (at, end) = (o.ins.ip(), o.ins.next_ip());
+                if at >= base {
+                    Some(at)
+                } else {
+                    (end > base).then_some(end)
+                }
+            })
+        })
+    }
+
     /// `run_continuing` after dropping decoded code that native execution may have
     /// overwritten.
     pub(crate) fn interpret(&mut self, limit: u64) -> StopReason {
