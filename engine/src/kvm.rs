@@ -231,12 +231,15 @@ impl Kicker {
             .spawn(move || {
                 use std::sync::atomic::Ordering::Relaxed;
                 while !finished.load(Relaxed) {
-                    // (In steps, so that dropping the kicker does not wait a whole period.)
-                    let mut left = every.load(Relaxed);
-                    while left > 0 && !finished.load(Relaxed) {
-                        let step = left.min(10_000);
-                        std::thread::sleep(std::time::Duration::from_micros(step));
-                        left -= step;
+                    // (Parked, so that dropping the kicker wakes it at once.)
+                    let until = std::time::Instant::now()
+                        + std::time::Duration::from_micros(every.load(Relaxed));
+                    loop {
+                        let now = std::time::Instant::now();
+                        if now >= until || finished.load(Relaxed) {
+                            break;
+                        }
+                        std::thread::park_timeout(until - now);
                     }
                     if inside.load(Relaxed) && !finished.load(Relaxed) {
                         // SAFETY: the VM's thread outlives this one (joined on drop).
@@ -261,6 +264,7 @@ impl Drop for Kicker {
     fn drop(&mut self) {
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -605,7 +609,7 @@ fn block_interrupts() {
 /// Replays stretch `s` in the interpreter on `replayer` (created on first use) up to the
 /// event (or the state of the kick) that ended it; returns its length. `flags`: the model's
 /// RFLAGS at its start if the previous stretch ended with a kick (see `Replayed::flags`).
-/// With `cancel`, it gives up (in slices of a million instructions) once that is raised.
+/// With `cancel`, it gives up (checking every 65536 instructions) once that is raised.
 fn replay_on(
     replayer: &mut Option<Box<Machine>>,
     s: &Stretch,
@@ -631,7 +635,7 @@ fn replay_on(
             if c.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err("cancelled".into());
             }
-            let stop = r.run(r.icount.saturating_add(1 << 20));
+            let stop = r.run(r.icount.saturating_add(1 << 16));
             if r.paused || stop != StopReason::Limit {
                 break stop;
             }
@@ -1589,23 +1593,26 @@ impl NativeVm {
     fn kick_allowed_at(&self, rip: u64) -> bool {
         use iced_x86::Mnemonic as M;
         let ins = self.decode_at(rip);
-        !(matches!(
-            ins.mnemonic(),
-            M::Pushf
-                | M::Pushfq
-                | M::Pushfd
-                | M::Popf
-                | M::Popfq
-                | M::Popfd
-                | M::Syscall
-                | M::Iret
-                | M::Iretd
-                | M::Iretq
-                | M::Int
-                | M::Int1
-                | M::Int3
-                | M::Into
-        ) || Self::rep_string(&ins))
+        // (Not on a patched instruction: it leaves the VM with `#UD` first.)
+        !(ins.is_invalid()
+            || matches!(
+                ins.mnemonic(),
+                M::Pushf
+                    | M::Pushfq
+                    | M::Pushfd
+                    | M::Popf
+                    | M::Popfq
+                    | M::Popfd
+                    | M::Syscall
+                    | M::Iret
+                    | M::Iretd
+                    | M::Iretq
+                    | M::Int
+                    | M::Int1
+                    | M::Int3
+                    | M::Into
+            )
+            || Self::rep_string(&ins))
     }
 
     fn rep_string(ins: &iced_x86::Instruction) -> bool {
@@ -2148,6 +2155,12 @@ impl NativeVm {
     }
 }
 
+/// True if a native stretch ends at `ins` (a replay pauses before it): a model-specific
+/// instruction the VM does not execute in place (`emulate_inline`: `cpuid`).
+pub(crate) fn ends_a_stretch(ins: &iced_x86::Instruction) -> bool {
+    model_specific(ins) && ins.mnemonic() != iced_x86::Mnemonic::Cpuid
+}
+
 /// True if the hardware may execute `ins` differently from the model, so it must not run
 /// natively: `cpuid`, `xgetbv`, `rdtsc`, XSAVE state and random numbers answer from the
 /// model, and anything outside the model's features (AVX, SSE3+, BMI, ...) must raise SIGILL
@@ -2620,9 +2633,13 @@ const MAX_PENDING_STRETCHES: usize = 1024;
 const STATUS_FLAGS: u64 = 0x8d5;
 
 /// True if a patched `ins` can be executed for the VM in place (`NativeVm::emulate`): it
-/// leaves flags undefined, touches registers only and cannot fault.
+/// touches registers only, cannot fault and either leaves flags undefined or is `cpuid`
+/// (the model's answers, a function of EAX and ECX).
 fn emulate_inline(ins: &iced_x86::Instruction) -> bool {
     use iced_x86::{Mnemonic as M, OpKind};
+    if ins.mnemonic() == M::Cpuid {
+        return true;
+    }
     divergent_flags(ins) != 0
         && !matches!(ins.mnemonic(), M::Div | M::Idiv)
         && (0..ins.op_count()).all(|i| {

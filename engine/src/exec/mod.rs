@@ -267,7 +267,7 @@ impl Op {
         };
         let cc = alu::cc_of(&ins);
         Op {
-            native_trap: crate::kvm::model_specific(&ins),
+            native_trap: crate::kvm::ends_a_stretch(&ins),
             divergent: crate::kvm::divergent_flags(&ins) != 0,
             bits2,
             imm2,

@@ -8,10 +8,10 @@ use iced_x86::{Instruction, Mnemonic as M};
 impl Machine {
     pub(super) fn exec_system(&mut self, i: &Instruction) -> R<()> {
         match i.mnemonic() {
-            // The instructions that end a native stretch (see kvm.rs).
+            // The instructions that end a native stretch (see kvm.rs; `cpuid` is executed in
+            // place for the VM).
             M::Syscall
             | M::Rdtsc
-            | M::Cpuid
             | M::Xgetbv
             | M::Xsave
             | M::Xsave64
