@@ -40,6 +40,10 @@ const SYSCALL_STUB: u64 = STUBS + 0x800;
 const RESUME: u64 = STUBS + 0x900;
 /// The same after reloading CR3 (dropping stale translations).
 const RESUME_FLUSH: u64 = STUBS + 0x980;
+/// The same after `invlpg` of each address in `INVLPG_LIST` (a count, then the addresses).
+const RESUME_INVLPG: u64 = STUBS + 0xa00;
+const INVLPG_LIST: u64 = 0x5000;
+const INVLPG_MAX: usize = 256;
 const KSTACK_TOP: u64 = 0x8000;
 const PML4: u64 = 0x9000;
 const KPDPT: u64 = 0xa000;
@@ -321,6 +325,13 @@ pub struct NativeVm {
     fs_base: u64,
     gs_base: u64,
     flush: bool,
+    /// Pages whose entries changed since the VM last forgot its translations: the VM
+    /// invalidates just those (`invlpg`, which a shadow-paging host also follows) before it
+    /// resumes, unless `flush` makes it forget them all.
+    invalidate: Vec<u64>,
+    /// Where the first instruction on code pages begins, as far as found (see
+    /// `lead_phase`); forgotten when code or mappings change.
+    lead_phases: BTreeMap<u64, usize>,
     last_fault: (u64, u32),
     /// Executable pages that hold (or may hold) an instruction whose native result would
     /// differ from the model (`cpuid`, `xgetbv`, XSAVE, `rdrand`), and writable code: mapped
@@ -966,6 +977,8 @@ impl NativeVm {
             pt_next: PT_POOL,
             mirror: PageTree::new(),
             mirror_vmas: BTreeMap::new(),
+            lead_phases: BTreeMap::new(),
+            invalidate: Vec::new(),
             fs_base: 0,
             gs_base: 0,
             flush: false,
@@ -1033,6 +1046,7 @@ impl NativeVm {
             RESUME_FLUSH,
             &[0x50, 0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, 0x58, 0x48, 0xcf],
         );
+        s.write(RESUME_INVLPG, &resume_invlpg());
         // The first 2 MiB of physical memory at KBASE, supervisor-only except for the stub
         // page: on some (nested) hosts `syscall` reaches LSTAR without leaving CPL 3, and the
         // stub's `hlt` then exits through #GP instead, which works as well.
@@ -1392,7 +1406,7 @@ impl NativeVm {
             return Ok(());
         }
         let seeds = m.block_starts_on(pn);
-        let lead = lead_phase(m, pn);
+        let lead = lead_phase(m, pn, &mut self.lead_phases);
         if self
             .tried
             .get(&pn)
@@ -1442,7 +1456,7 @@ impl NativeVm {
         }
         self.patched.insert(pn, sites);
         self.tried.remove(&pn);
-        self.flush = true;
+        self.invalidate.push(pn << 12);
         self.set_pte(pn, f, prot)
     }
 
@@ -1470,6 +1484,7 @@ impl NativeVm {
     /// Makes the VM reflect the engine: mappings, pages changed by the interpreter, registers.
     fn push(&mut self, m: &mut Machine) -> Result<(), String> {
         if m.mem.vmas != self.mirror_vmas {
+            self.lead_phases.clear();
             self.clear_user_tables();
             let frames: Vec<(u64, u64)> = self.frame_of.iter().map(|(&p, &f)| (p, f)).collect();
             for (pn, f) in frames {
@@ -1485,6 +1500,12 @@ impl NativeVm {
             .pages
             .diff_since(&self.mirror, |pn, p| changed.push((pn, p.cloned())));
         for (pn, page) in changed {
+            if m.mem
+                .vma_at(pn << 12)
+                .is_some_and(|(_, v)| v.prot & PROT_EXEC != 0)
+            {
+                self.lead_phases.clear();
+            }
             match (self.frame_of.get(&pn).copied(), page) {
                 (Some(f), Some(p)) => {
                     self.unpatch(pn);
@@ -1492,7 +1513,7 @@ impl NativeVm {
                     let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
                     if prot & PROT_EXEC != 0 {
                         self.set_pte(pn, f, prot)?;
-                        self.flush = true;
+                        self.invalidate.push(pn << 12);
                     }
                 }
                 (Some(f), None) => {
@@ -1536,7 +1557,7 @@ impl NativeVm {
         {
             self.sys.set_u64(frame + 8 * i as u64, *v);
         }
-        let regs = kvm_regs {
+        let mut regs = kvm_regs {
             rax: g[0],
             rcx: g[1],
             rdx: g[2],
@@ -1553,12 +1574,25 @@ impl NativeVm {
             r13: g[13],
             r14: g[14],
             r15: g[15],
-            rip: KBASE + if self.flush { RESUME_FLUSH } else { RESUME },
+            rip: KBASE
+                + if self.flush || self.invalidate.len() > INVLPG_MAX {
+                    RESUME_FLUSH
+                } else {
+                    RESUME
+                },
             rflags: 2,
         };
-        if self.flush {
+        if self.flush || self.invalidate.len() > INVLPG_MAX {
             self.forget_translations()?;
+            self.flush = true;
+        } else if !self.invalidate.is_empty() {
+            self.sys.set_u64(INVLPG_LIST, self.invalidate.len() as u64);
+            for (i, &va) in self.invalidate.iter().enumerate() {
+                self.sys.set_u64(INVLPG_LIST + 8 * (i as u64 + 1), va);
+            }
+            regs.rip = KBASE + RESUME_INVLPG;
         }
+        self.invalidate.clear();
         self.flush = false;
         self.vcpu.set_regs(&regs).map_err(sys_err("set_regs"))
     }
@@ -2234,7 +2268,9 @@ pub(crate) fn model_specific(ins: &iced_x86::Instruction) -> bool {
 /// the interpreter executed crosses or reaches, and is 0 after a page that is not
 /// executable; from the nearest such boundary or instruction the interpreter executed on an
 /// earlier page, a linear sweep (as `classify_page` sweeps) carries it to `pn`.
-fn lead_phase(m: &Machine, pn: u64) -> Option<usize> {
+/// `known` holds the phases found before (kept while code does not change) and gets the
+/// ones found now.
+fn lead_phase(m: &Machine, pn: u64, known: &mut BTreeMap<u64, usize>) -> Option<usize> {
     const LOOK_BACK: u64 = 64;
     let exec = |q: u64| {
         m.mem
@@ -2244,6 +2280,9 @@ fn lead_phase(m: &Machine, pn: u64) -> Option<usize> {
     // (page, offset of an instruction start on it)
     let mut q = pn;
     let (mut page, mut off) = loop {
+        if let Some(&p) = known.get(&q) {
+            break (q, p);
+        }
         if let Some(end) = m.straddle_end_on(q) {
             break (q, (end - (q << 12)) as usize);
         }
@@ -2265,6 +2304,7 @@ fn lead_phase(m: &Machine, pn: u64) -> Option<usize> {
         bytes[PAGE_SIZE..].copy_from_slice(&m.mem.pages.get(page + 1)?.data()[..15]);
         off = tail_phase(&bytes, page << 12, off)?;
         page += 1;
+        known.insert(page, off);
     }
     Some(off)
 }
@@ -2799,6 +2839,26 @@ fn needs_more_bytes(bytes: &[u8]) -> bool {
     let mut d = iced_x86::Decoder::new(64, bytes, iced_x86::DecoderOptions::NONE);
     let _ = d.decode();
     d.last_error() == iced_x86::DecoderError::NoMoreBytes
+}
+
+/// The code at `RESUME_INVLPG`: `invlpg` of each address in `INVLPG_LIST`, then `iretq`
+/// with the user's registers as they were.
+fn resume_invlpg() -> Vec<u8> {
+    // push rax; push rcx; push rdx; lea rdx, [rip + INVLPG_LIST]; mov rcx, [rdx]
+    let mut c = vec![0x50, 0x51, 0x52, 0x48, 0x8d, 0x15];
+    let after = RESUME_INVLPG + c.len() as u64 + 4;
+    c.extend_from_slice(&((INVLPG_LIST as i64 - after as i64) as i32).to_le_bytes());
+    c.extend_from_slice(&[0x48, 0x8b, 0x0a]);
+    // top: test rcx, rcx; jz done; mov rax, [rdx + 8*rcx]; invlpg [rax]; dec rcx; jmp top
+    let top = c.len();
+    c.extend_from_slice(&[0x48, 0x85, 0xc9, 0x74, 0x0c]);
+    c.extend_from_slice(&[
+        0x48, 0x8b, 0x04, 0xca, 0x0f, 0x01, 0x38, 0x48, 0xff, 0xc9, 0xeb,
+    ]);
+    c.push((top as i64 - (c.len() as i64 + 1)) as u8);
+    // done: pop rdx; pop rcx; pop rax; iretq
+    c.extend_from_slice(&[0x5a, 0x59, 0x58, 0x48, 0xcf]);
+    c
 }
 
 /// The low half of a 64-bit TSS descriptor (busy type, 104-byte limit).
