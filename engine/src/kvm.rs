@@ -325,9 +325,11 @@ pub struct NativeVm {
     fs_base: u64,
     gs_base: u64,
     flush: bool,
-    /// Pages whose entries changed since the VM last forgot its translations: the VM
-    /// invalidates just those (`invlpg`, which a shadow-paging host also follows) before it
-    /// resumes, unless `flush` makes it forget them all.
+    /// Pages made executable since the VM last forgot its translations: the VM invalidates
+    /// just those (`invlpg`) before it resumes, unless `flush` makes it forget them all. (A
+    /// shadow-paging host ignores `invlpg` for entries we wrote, but on a stale entry that
+    /// forbids what ours allow it takes the fault itself; taking a permission away needs
+    /// `flush`.)
     invalidate: Vec<u64>,
     /// Where the first instruction on code pages begins, as far as found (see
     /// `lead_phase`); forgotten when code or mappings change.
@@ -1512,8 +1514,9 @@ impl NativeVm {
                     self.frame_mut(f).copy_from_slice(p.data());
                     let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
                     if prot & PROT_EXEC != 0 {
+                        // (It may no longer be executable natively: see `invalidate`.)
                         self.set_pte(pn, f, prot)?;
-                        self.invalidate.push(pn << 12);
+                        self.flush = true;
                     }
                 }
                 (Some(f), None) => {
