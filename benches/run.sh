@@ -4,7 +4,9 @@
 # medians of N runs, and the ratios fx86/qemu and fx86/native; with /dev/kvm also the time of
 # `fx86 run --backend kvm` (native execution, snapshots at syscalls and kicks) and its ratio to
 # native, and the time of the same run made exact (`--stats` settles every native stretch by
-# replaying it in the interpreter, on all cores) against the interpreter's.
+# replaying it in the interpreter, on all cores) against the interpreter's, and from that run
+# what limits the kvm figure: exits to fx86 (syscalls, exceptions, instructions executed for the
+# VM in place, interpreted pages, kicks) and the share of instructions interpreted.
 #   usage: benches/run.sh [RUNS]      (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ QEMU=$(command -v qemu-x86_64 || true)
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 KVM=$( [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo yes || true)
-printf "%-10s %14s %10s %10s %10s %9s %9s %10s %10s %9s %10s %10s %10s\n" guest icount native_s fx86_s qemu_s fx86_MIPS qemu_MIPS fx86/qemu fx86/native kvm_s kvm/native kvmexact_s kvmx/interp
+printf "%-10s %14s %10s %10s %10s %9s %9s %10s %10s %9s %10s %10s %10s %10s %8s\n" guest icount native_s fx86_s qemu_s fx86_MIPS qemu_MIPS fx86/qemu fx86/native kvm_s kvm/native kvmexact_s kvmx/interp kvm_exits interp%
 for bin in "$OUT"/*; do
   b=$(basename "$bin")
   icount=$($FX86 run --stats -- "$bin" 2>&1 >/dev/null | tail -1 | sed -n 's/.*icount=\([0-9]*\).*/\1/p')
@@ -31,7 +33,7 @@ for bin in "$OUT"/*; do
     t0=$(now); $FX86 run -- "$bin" >/dev/null; t1=$(now); emu+=("$(echo "$t1 - $t0" | bc -l)")
     if [ -n "$QEMU" ]; then t0=$(now); "$QEMU" "$bin" >/dev/null; t1=$(now); qem+=("$(echo "$t1 - $t0" | bc -l)"); fi
     if [ -n "$KVM" ]; then t0=$(now); $FX86 run --backend kvm -- "$bin" >/dev/null; t1=$(now); kvm+=("$(echo "$t1 - $t0" | bc -l)"); fi
-    if [ -n "$KVM" ]; then t0=$(now); $FX86 run --backend kvm --stats -- "$bin" >/dev/null 2>&1; t1=$(now); kvx+=("$(echo "$t1 - $t0" | bc -l)"); fi
+    if [ -n "$KVM" ]; then t0=$(now); $FX86 run --backend kvm --stats -- "$bin" >/dev/null 2>"$OUT/../kvm-stats"; t1=$(now); kvx+=("$(echo "$t1 - $t0" | bc -l)"); fi
   done
   n=$(printf "%s\n" "${nat[@]}" | median); e=$(printf "%s\n" "${emu[@]}" | median)
   q=$( [ -n "$QEMU" ] && printf "%s\n" "${qem[@]}" | median || echo 0)
@@ -41,7 +43,14 @@ for bin in "$OUT"/*; do
   rk=$( [ "$k" != 0 ] && echo "$n / $k" | bc -l || echo 0)
   kx=$( [ -n "$KVM" ] && printf "%s\n" "${kvx[@]}" | median || echo 0)
   rx=$( [ "$kx" != 0 ] && echo "$kx / $e" | bc -l || echo 0)
-  printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f %9.3f %10.3f %10.3f %10.3f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn" "$k" "$rk" "$kx" "$rx"
+  exits=0; ishare=0
+  if [ -n "$KVM" ]; then
+    st=$(tail -1 "$OUT/../kvm-stats")
+    field() { echo "$st" | sed -n "s/.* $1=\([0-9]*\).*/\1/p"; }
+    exits=$(( $(field syscalls) + $(field exceptions) + $(field emulated) + $(field interpreted) + $(field kicks) ))
+    ishare=$(echo "100 * $(field interpreted_insns) / $icount" | bc -l)
+  fi
+  printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f %9.3f %10.3f %10.3f %10.3f %10d %8.3f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn" "$k" "$rk" "$kx" "$rx" "$exits" "$ishare"
 done
 # Exit cost: a system call round trip (guest -> fx86's Linux layer -> guest), from the time of
 # N getppid() calls minus the time of none, per call.
