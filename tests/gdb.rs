@@ -62,6 +62,39 @@ fn forward_and_reverse_stepping() {
 }
 
 #[test]
+fn next_over_a_loop_on_one_line_range_steps() {
+    // Without range stepping gdb single-steps every instruction of the loop (a packet round
+    // trip each); with it, one `vCont;r` runs while the PC stays in the line's range.
+    let bin = build(&guest_src("oneline.c"), "gcc", "-O0");
+    let (out, server) = session(
+        &bin,
+        &["500"],
+        &[
+            "break main",
+            "continue",
+            "next",
+            "set debug remote 1",
+            "next",
+            "set debug remote 0",
+            "print s",
+            "reverse-stepi",
+            "stepi",
+            "print s",
+            "next",
+            "kill",
+        ],
+    );
+    // s = sum of i*i % 13 for i < 500
+    let want: i64 = (0..500i64).map(|i| i * i % 13).sum();
+    assert!(out.contains(&format!("$1 = {want}")), "{out}");
+    assert!(out.contains(&format!("$2 = {want}")), "{out}");
+    assert!(out.contains("vCont;r"), "{out}");
+    let single = out.matches("Sending packet: $vCont;s").count();
+    assert!(single < 20, "{single} single steps: {out}");
+    assert!(!server.contains("panicked"), "{server}");
+}
+
+#[test]
 fn crash_then_reverse_watchpoint_finds_the_overflow() {
     for cc in ["gcc", "musl-gcc"] {
         crash_then_reverse_watchpoint(cc);

@@ -158,6 +158,9 @@ pub struct Machine {
     /// Replaying a native stretch: stop before a syscall, `rdtsc` or exception (and set
     /// `paused`) instead of executing or delivering it.
     pub(crate) pause_at_events: bool,
+    /// While set, a run stops (`Limit`) at the first instruction outside `[start, end)`,
+    /// after at least one (see `Timeline::step_in_range`).
+    pub(crate) step_range: Option<(u64, u64)>,
     pub(crate) paused: bool,
     /// Replaying a native stretch: pages it could not execute natively (pause on reaching
     /// an instruction that touches one).
@@ -337,6 +340,7 @@ impl Machine {
             flush_blocks: false,
             breakpoints: Default::default(),
             pause_at_events: false,
+            step_range: None,
             paused: false,
             pause_pages: None,
             pause_sites: None,
@@ -553,7 +557,7 @@ impl Machine {
         } else {
             self.icount
         };
-        let bps = !self.breakpoints.is_empty();
+        let bps = !self.breakpoints.is_empty() || self.step_range.is_some();
         let pausing = self.pause_at_events;
         let pause_pages = if self.pause_at_events {
             self.pause_pages.clone()
@@ -621,8 +625,15 @@ impl Machine {
                 if budget == 0 {
                     return StopReason::Limit;
                 }
-                if bps && self.icount != start && self.breakpoints.contains(&self.cpu.rip) {
-                    return StopReason::Breakpoint(self.cpu.rip);
+                if bps && self.icount != start {
+                    if self.breakpoints.contains(&self.cpu.rip) {
+                        return StopReason::Breakpoint(self.cpu.rip);
+                    }
+                    if let Some((a, b)) = self.step_range {
+                        if !(a..b).contains(&self.cpu.rip) {
+                            return StopReason::Limit;
+                        }
+                    }
                 }
                 if check_match && self.at_pause_match() {
                     self.paused = true;

@@ -405,6 +405,26 @@ impl Timeline {
         self.run_forward(self.machine.icount + 1)
     }
 
+    /// Runs forward while the instruction pointer stays in `[start, end)` (at least one
+    /// instruction: gdb's range stepping, which makes `next` over a loop on one line fast),
+    /// at most `max` instructions; stops as `run_forward` does at breakpoints, watchpoints and
+    /// the guest's end. `Limit` if it left the range or ran `max`.
+    pub fn step_in_range(&mut self, start: u64, end: u64, max: u64) -> StopReason {
+        self.machine.step_range = Some((start, end));
+        let limit = self.machine.icount.saturating_add(max.max(1));
+        let r = if self.machine.unsettled() {
+            let r = self.machine.run_after_native(limit);
+            if !self.machine.unsettled() {
+                self.settle();
+            }
+            r
+        } else {
+            self.run_forward(limit)
+        };
+        self.machine.step_range = None;
+        r
+    }
+
     /// Like `new`, with the interval chosen from the engine's measured speed so that
     /// replaying one interval takes a few milliseconds (between 100,000 and 20,000,000).
     pub fn with_adaptive_interval(machine: Machine, snapshot_memory: u64) -> Timeline {
@@ -631,6 +651,8 @@ impl Timeline {
             self.progress_add(ran);
             self.note_progress();
             match r {
+                // Stopped short of the slice: it left the range of `step_in_range`.
+                StopReason::Limit if self.machine.icount < target => return r,
                 StopReason::Limit if self.machine.icount < limit => self.maybe_snapshot(step),
                 StopReason::Limit => {
                     self.maybe_snapshot(step);

@@ -10,7 +10,7 @@ use gdbstub::stub::run_blocking::{self, BlockingEventLoop, Event, WaitForStopRea
 use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
 use gdbstub::target::ext::base::reverse_exec::{ReplayLogPosition, ReverseCont, ReverseStep};
 use gdbstub::target::ext::base::singlethread::{
-    SingleThreadBase, SingleThreadResume, SingleThreadSingleStep,
+    SingleThreadBase, SingleThreadRangeStepping, SingleThreadResume, SingleThreadSingleStep,
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::WatchKind;
@@ -21,6 +21,8 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 enum Resume {
     Continue,
     Step,
+    /// Step while the PC stays in `[start, end)` (gdb's `vCont;r`).
+    RangeStep(u64, u64),
     ReverseStep,
     ReverseContinue,
 }
@@ -304,6 +306,13 @@ impl SingleThreadResume for Fx86Target {
         Some(self)
     }
 
+    fn support_range_step(
+        &mut self,
+    ) -> Option<gdbstub::target::ext::base::singlethread::SingleThreadRangeSteppingOps<'_, Self>>
+    {
+        Some(self)
+    }
+
     fn support_reverse_step(
         &mut self,
     ) -> Option<gdbstub::target::ext::base::reverse_exec::ReverseStepOps<'_, (), Self>> {
@@ -320,6 +329,13 @@ impl SingleThreadResume for Fx86Target {
 impl SingleThreadSingleStep for Fx86Target {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
         self.resume = Some(Resume::Step);
+        Ok(())
+    }
+}
+
+impl SingleThreadRangeStepping for Fx86Target {
+    fn resume_range_step(&mut self, start: u64, end: u64) -> Result<(), Self::Error> {
+        self.resume = Some(Resume::RangeStep(start, end));
         Ok(())
     }
 }
@@ -391,6 +407,19 @@ impl EventLoop {
                     .unwrap_or(SingleThreadStopReason::DoneStep);
                 Ok(Event::TargetStopped(stop))
             }
+            Resume::RangeStep(start, end) => loop {
+                let r = t.tl.step_in_range(start, end, SLICE);
+                if let Some(stop) = t.stop_of_forward(r) {
+                    return Ok(Event::TargetStopped(stop));
+                }
+                if !(start..end).contains(&t.tl.machine().cpu.rip) {
+                    return Ok(Event::TargetStopped(SingleThreadStopReason::DoneStep));
+                }
+                if conn.peek().map(|b| b.is_some()).unwrap_or(true) {
+                    let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                    return Ok(Event::IncomingData(byte));
+                }
+            },
             Resume::Continue => loop {
                 let r = t.tl.continue_for(SLICE, WALL_SLICE);
                 if let Some(stop) = t.stop_of_forward(r) {
