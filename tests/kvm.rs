@@ -387,6 +387,26 @@ fn gdb_sessions_on_kvm_equal_the_interpreters() {
     );
     assert_eq!(k, i, "kvm vs interp");
     assert!(k.contains("Breakpoint 1,") && k.contains("icount "), "{k}");
+    // `next` over a loop on one line range-steps (vCont;r) from a native stop too.
+    let oneline = build(&guest_src("oneline.c"), "gcc", "-O0");
+    let [i, k] = gdb_both(
+        &oneline,
+        &["3000"],
+        &[
+            "break main",
+            "continue",
+            "next",
+            "next",
+            "print s",
+            "monitor icount",
+            "reverse-stepi",
+            "print s",
+            "kill",
+        ],
+    );
+    assert_eq!(k, i, "kvm vs interp");
+    let want: i64 = (0..3000i64).map(|i| i * i % 13).sum();
+    assert!(k.contains(&format!("$1 = {want}")), "{k}");
 }
 
 /// Records `bin args` (with `input` on stdin) with each backend; returns the two recordings
