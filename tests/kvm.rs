@@ -191,6 +191,37 @@ fn computations_run_natively_not_in_the_interpreter() {
 }
 
 #[test]
+fn hot_sites_that_leave_the_vm_are_interpreted_in_bursts() {
+    if !kvm_usable() {
+        return;
+    }
+    // qsort's merge multiplies and calls memcpy with the multiply's undefined flags pending:
+    // on a CPU that sets them differently from the model, every such multiply leaves the VM.
+    // When that happens often, the interpreter runs bursts instead; the answers stay the
+    // interpreter's.
+    let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/guests");
+    let bin = build(&benches.join("sort.c"), "gcc", "-O2");
+    let mut states = Vec::new();
+    let mut kvm_line = String::new();
+    for backend in ["interp", "kvm"] {
+        let mut c = fx86();
+        c.args(["run", "--backend", backend, "--stats", "--"])
+            .arg(&bin)
+            .arg("100000");
+        let o = run_with_input(c, b"");
+        assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
+        let line = stats_line(&o);
+        states.push(stat_field(&line, "state").to_string());
+        kvm_line = line;
+    }
+    assert_eq!(states[0], states[1], "{kvm_line}");
+    if stat_field(&kvm_line, "host_flags") == "differ" {
+        let bursts: u64 = stat_field(&kvm_line, "bursts").parse().expect("bursts");
+        assert!(bursts > 0, "{kvm_line}");
+    }
+}
+
+#[test]
 fn real_programs_with_input() {
     if !kvm_usable() {
         return;

@@ -44,6 +44,11 @@ const RESUME_FLUSH: u64 = STUBS + 0x980;
 const RESUME_INVLPG: u64 = STUBS + 0xa00;
 const INVLPG_LIST: u64 = 0x5000;
 const INVLPG_MAX: usize = 256;
+/// See `NativeVm::emu_window`.
+const BURST_GAP_US: u64 = 1000;
+const BURST_WINDOW: u32 = 64;
+const BURST_MIN: u64 = 100_000;
+const BURST_MAX: u64 = 20_000_000;
 const KSTACK_TOP: u64 = 0x8000;
 const PML4: u64 = 0x9000;
 const KPDPT: u64 = 0xa000;
@@ -298,6 +303,8 @@ pub struct NativeStats {
     pub emulated: u64,
     /// Native stretches ended by a timer kick (see `NativeVm::kick_every`).
     pub kicks: u64,
+    /// Bursts of interpretation after in-place executions came too often (see `bursts`).
+    pub bursts: u64,
     /// Times pending stretches were settled early to bound memory.
     pub early_settles: u64,
     /// Times execution ran into a page that the interpreter must run.
@@ -363,6 +370,19 @@ pub struct NativeVm {
     /// A stretch was cut short by `stop`: the VM cannot go on.
     interrupted: bool,
     kicker: Option<Kicker>,
+    /// In-place executions (`inline_sites`) counted in the current window, and when it began:
+    /// when they come faster than one per `BURST_GAP_US`, the next one ends the stretch and
+    /// the interpreter runs a burst of `burst_len` instructions instead (each such exit costs
+    /// tens of microseconds where the host has no hardware support for nested guests, more
+    /// than interpreting the code around a hot site).
+    emu_window: (std::time::Instant, u32),
+    /// A burst is due: the next stretch ends at its first in-place site (the replay pauses at
+    /// the first visit of that site, so no earlier one may have run in place).
+    burst_armed: bool,
+    /// The stretch ends at an in-place site for a burst; its length, and when the last ended.
+    burst_pending: bool,
+    burst_len: u64,
+    last_burst: Option<std::time::Instant>,
     /// The guest pages the last return from the VM copied back (written natively).
     copied: Vec<u64>,
     /// Pages kicks copied back and not copied since (see `adapt_kick_period`), and how many
@@ -996,6 +1016,11 @@ impl NativeVm {
             interrupted: false,
             kicker: None,
             copied: Vec::new(),
+            emu_window: (std::time::Instant::now(), 0),
+            burst_armed: false,
+            burst_pending: false,
+            burst_len: BURST_MIN,
+            last_burst: None,
             kick_copied: Default::default(),
             copied_again: 0,
             kick_pending: false,
@@ -1698,6 +1723,8 @@ impl NativeVm {
     }
 
     fn enter(&mut self, m: &mut Machine) -> Result<Event, String> {
+        // In-place executions in this stretch (see `burst_armed`).
+        let mut emulated_here = 0u32;
         loop {
             self.stats.entries += 1;
             Self::trap_cpuid_and_tsc(true);
@@ -1794,16 +1821,42 @@ impl NativeVm {
                     last == rip >> 12 || !self.interp_pages.contains(&last)
                 }) =>
                 {
-                    let ins = self.inline_sites[&rip];
-                    self.emulate(m, &ins, &mut regs, sp, rip, rflags, rsp)?;
-                    self.stats.emulated += 1;
-                    if std::mem::take(&mut self.kick_pending) {
-                        // The kick's trap flag would single-step the next instruction, which
-                        // was not checked (see `kick_allowed_at`): the kick is dropped.
-                        let f = self.sys.u64_at(sp + 16);
-                        self.sys.set_u64(sp + 16, f & !RFLAGS_TF);
+                    // (Not at `cpuid`: a replay pauses only at sites whose flags diverge.)
+                    if self.burst_armed
+                        && emulated_here == 0
+                        && divergent_flags(&self.inline_sites[&rip]) != 0
+                    {
+                        // Ends the stretch here (see `emu_window`): the first in-place site
+                        // of the stretch, so that its replay pauses at this very visit.
+                        self.burst_armed = false;
+                        self.burst_pending = true;
+                        false
+                    } else {
+                        emulated_here += 1;
+                        if self.wants_burst() {
+                            self.burst_armed = true;
+                        }
+                        let ins = self.inline_sites[&rip];
+                        self.emulate(m, &ins, &mut regs, sp, rip, rflags, rsp)?;
+                        self.stats.emulated += 1;
+                        if std::mem::take(&mut self.kick_pending) {
+                            // The kick's trap flag would single-step the next instruction, which
+                            // was not checked (see `kick_allowed_at`): the kick is dropped.
+                            let f = self.sys.u64_at(sp + 16);
+                            self.sys.set_u64(sp + 16, f & !RFLAGS_TF);
+                        }
+                        let next = self.sys.u64_at(sp);
+                        if self.burst_armed && next < 1 << 47 && self.kick_allowed_at(next) {
+                            // End the stretch after the next instruction, as a kick does, so
+                            // that the burst comes soon (the next stretch ends at its first
+                            // in-place site).
+                            let f = self.sys.u64_at(sp + 16);
+                            self.sys.set_u64(sp + 16, f | RFLAGS_TF);
+                            self.kick_pending = true;
+                            self.tf_by_kick = true;
+                        }
+                        true
                     }
-                    true
                 }
                 // The trap flag of a kick (see `interrupted_at`): the stretch ends here, at an
                 // instruction boundary in user code, unless in the middle of a `rep` string
@@ -2004,6 +2057,21 @@ impl NativeVm {
         Ok(())
     }
 
+    /// Counts an in-place execution; true if they came too fast over the last window (see
+    /// `emu_window`).
+    fn wants_burst(&mut self) -> bool {
+        let (start, n) = &mut self.emu_window;
+        *n += 1;
+        if *n < BURST_WINDOW {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let fast = now.duration_since(*start)
+            < std::time::Duration::from_micros(BURST_GAP_US * BURST_WINDOW as u64);
+        (*start, *n) = (now, 0);
+        fast
+    }
+
     /// Lengthens the kick period when kicks make many pages be copied twice. A page a kick
     /// copied back faults once more when it is written again (for the dirty log; tens of
     /// microseconds on a host with shadow paging) and is copied again at the next exit;
@@ -2080,8 +2148,26 @@ impl NativeVm {
             // As they were when the stretch ended: pages mapped during it (on first touch)
             // were never executed natively before they were mapped.
             let interp_pages = self.interp_pages.clone();
-            let trap_sites = self.trap_sites.clone();
+            let mut trap_sites = self.trap_sites.clone();
             self.pull(m, &ev)?;
+            let at_site = std::mem::take(&mut self.burst_pending);
+            if at_site {
+                // The replay pauses at the site, as the VM did.
+                Arc::make_mut(&mut trap_sites).insert(m.cpu.rip);
+            }
+            // Exits at patched sites that must leave the VM count as well, and a burst may
+            // start at any of them.
+            let burst = at_site
+                || matches!(
+                    ev,
+                    Event::Exception {
+                        interpret: false,
+                        ..
+                    }
+                ) && {
+                    let fast = self.wants_burst();
+                    std::mem::take(&mut self.burst_armed) || fast
+                };
             if self.kicker.is_some() {
                 self.adapt_kick_period(matches!(ev, Event::Kicked { .. }));
             }
@@ -2158,6 +2244,22 @@ impl NativeVm {
                         break stop;
                     }
                 }
+            } else if burst {
+                // Consecutive bursts grow (the site stays hot); one after a quiet spell starts
+                // short again.
+                let now = std::time::Instant::now();
+                self.burst_len = if self
+                    .last_burst
+                    .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(100))
+                {
+                    (self.burst_len * 2).min(BURST_MAX)
+                } else {
+                    BURST_MIN
+                };
+                self.stats.bursts += 1;
+                let stop = m.interpret(m.icount + self.burst_len);
+                self.last_burst = Some(std::time::Instant::now());
+                stop
             } else {
                 m.step_one()
             };
