@@ -2992,16 +2992,23 @@ mod tests {
         assert_eq!(sites, vec![0x102, 0x104]);
     }
 
+    /// A page whose first bytes read `cpuid; nop ...` from offset 0 and `mov [moffs64], al`
+    /// from offset 1, with `ret` at 0x100.
+    fn cpuid_or_moffs_lead() -> Vec<u8> {
+        let mut p = page(&[0xc3]);
+        p[0] = 0x0f;
+        p[1] = 0xa2;
+        p[2..10].fill(0x90);
+        p
+    }
+
     #[test]
     fn an_ambiguous_lead_is_not_patched() {
         // The page starts with the tail of an instruction from the page before. From offset
         // 0 the bytes read `cpuid; nop ...`, from offset 1 `mov [moffs64], al`: which one is
         // real is unknown, and patching offset 0 could break a real instruction (python3.11
         // crashed so, natively). The page stays interpreted.
-        let mut p = page(&[0xc3]);
-        p[0] = 0x0f;
-        p[1] = 0xa2;
-        p[2..10].fill(0x90);
+        let p = cpuid_or_moffs_lead();
         assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
         assert!(classify_page(&p, BASE, &[BASE + 0x100], None, false).is_err());
     }
@@ -3010,10 +3017,7 @@ mod tests {
     fn a_known_lead_decides_what_is_patched() {
         // As above, with the phase known (from the page before): from offset 0 the cpuid is
         // real and patched; from offset 1 there is no cpuid.
-        let mut p = page(&[0xc3]);
-        p[0] = 0x0f;
-        p[1] = 0xa2;
-        p[2..10].fill(0x90);
+        let mut p = cpuid_or_moffs_lead();
         assert_eq!(
             classify_page(&p, BASE, &[BASE + 0x100], Some(0), false),
             Ok(vec![0])
