@@ -49,6 +49,10 @@ const BURST_GAP_US: u64 = 1000;
 const BURST_WINDOW: u32 = 64;
 const BURST_MIN: u64 = 100_000;
 const BURST_MAX: u64 = 20_000_000;
+/// See `NativeVm::heat`: an exit costs about as much as interpreting this many instructions,
+/// and classifying a page (decoding it, `classify_page`) this many.
+const EXIT_HEAT: u64 = 10_000;
+const CLASSIFY_HEAT: u64 = 25_000;
 const KSTACK_TOP: u64 = 0x8000;
 const PML4: u64 = 0x9000;
 const KPDPT: u64 = 0xa000;
@@ -358,6 +362,12 @@ pub struct NativeVm {
     /// Seeds tried for pages that could not be classified yet, and whether the phase of
     /// their first bytes was known (retry when there are more seeds or it becomes known).
     tried: BTreeMap<u64, (usize, bool)>,
+    /// What interpreting each unclassified code page has cost so far, in instructions (an
+    /// exit to it counts as `EXIT_HEAT`): it is classified once that exceeds what
+    /// classifying costs (`CLASSIFY_HEAT`). Code that runs once or rarely, as start-up and
+    /// exit paths do, is cheaper to interpret where it is than to decode whole pages and
+    /// leave the VM for each of them.
+    heat: BTreeMap<u64, u64>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
@@ -1010,6 +1020,7 @@ impl NativeVm {
             trap_sites: Arc::new(BTreeSet::new()),
             inline_sites: BTreeMap::new(),
             tried: BTreeMap::new(),
+            heat: BTreeMap::new(),
             cross_check: false,
             host_flags_match: host_flags_match_model(),
             stop: None,
@@ -1418,6 +1429,14 @@ impl NativeVm {
     /// interpreter executed there accounts for every byte pattern that could be a
     /// model-specific instruction: the real ones are patched to an invalid opcode in the frame (the
     /// engine's copy keeps the original bytes), so they leave the VM and are interpreted.
+    /// `try_native` once interpreting page `pn` has cost more than classifying it would.
+    fn try_hot_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
+        if self.heat.get(&pn).is_some_and(|&h| h >= CLASSIFY_HEAT) {
+            self.try_native(m, pn)?;
+        }
+        Ok(())
+    }
+
     fn try_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
         let Some(&f) = self.frame_of.get(&pn) else {
             return Ok(());
@@ -1433,15 +1452,11 @@ impl NativeVm {
             return Ok(());
         }
         let seeds = m.block_starts_on(pn);
-        let lead = lead_phase(m, pn, &mut self.lead_phases);
-        if self
-            .tried
-            .get(&pn)
-            .is_some_and(|&(n, known)| n >= seeds.len() && (known || lead.is_none()))
-        {
+        if self.tried.get(&pn).is_some_and(|&(n, known)| {
+            n >= seeds.len() && (known || lead_phase(m, pn, &mut self.lead_phases).is_none())
+        }) {
             return Ok(());
         }
-        self.tried.insert(pn, (seeds.len(), lead.is_some()));
         let mut bytes = vec![0u8; PAGE_SIZE + 15];
         bytes[..PAGE_SIZE].copy_from_slice(self.frame(f));
         let next = (pn + 1) << 12;
@@ -1458,7 +1473,16 @@ impl NativeVm {
             PAGE_SIZE
         };
         let divergent = !self.host_flags_match;
-        let Ok(sites) = classify_page(&bytes[..avail], pn << 12, &seeds, lead, divergent) else {
+        // The phase is found (a sweep over earlier pages) only where it matters.
+        let mut lead_unknown = false;
+        let classified = classify_page(&bytes[..avail], pn << 12, &seeds, divergent, || {
+            let lead = lead_phase(m, pn, &mut self.lead_phases);
+            lead_unknown = lead.is_none();
+            lead
+        });
+        let Ok(sites) = classified else {
+            // Tried again with more seeds, or once the phase it needed is known.
+            self.tried.insert(pn, (seeds.len(), !lead_unknown));
             return Ok(());
         };
         // 06 (`push es`) is invalid in 64-bit mode: #UD at the very instruction, and one
@@ -1511,7 +1535,16 @@ impl NativeVm {
     /// Makes the VM reflect the engine: mappings, pages changed by the interpreter, registers.
     fn push(&mut self, m: &mut Machine) -> Result<(), String> {
         if m.mem.vmas != self.mirror_vmas {
-            self.lead_phases.clear();
+            // Phases depend on code bytes and on where executable mappings end.
+            let exec = |v: &BTreeMap<u64, Vma>| {
+                v.iter()
+                    .filter(|(_, v)| v.prot & PROT_EXEC != 0)
+                    .map(|(&a, v)| (a, v.end))
+                    .collect::<Vec<_>>()
+            };
+            if exec(&m.mem.vmas) != exec(&self.mirror_vmas) {
+                self.lead_phases.clear();
+            }
             self.clear_user_tables();
             let frames: Vec<(u64, u64)> = self.frame_of.iter().map(|(&p, &f)| (p, f)).collect();
             for (pn, f) in frames {
@@ -2228,9 +2261,13 @@ impl NativeVm {
                 StopReason::Limit
             } else if interpret {
                 // Run the pages that must be interpreted, until execution leaves them or
-                // decoding shows that the page can run natively after all.
+                // decoding shows that one it is on can run natively after all (once running
+                // it here has cost enough: see `heat`).
+                *self.heat.entry(entry_page).or_default() += EXIT_HEAT;
                 loop {
+                    let from = (m.cpu.rip >> 12, m.icount);
                     let stop = m.interpret(m.icount + 256);
+                    *self.heat.entry(from.0).or_default() += m.icount - from.1;
                     let pn = m.cpu.rip >> 12;
                     if stop != StopReason::Limit || !self.interp_pages.contains(&pn) {
                         break stop;
@@ -2239,7 +2276,7 @@ impl NativeVm {
                     if self.stopping() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                         break stop;
                     }
-                    self.try_native(m, pn)?;
+                    self.try_hot_native(m, pn)?;
                     if !self.interp_pages.contains(&pn) {
                         break stop;
                     }
@@ -2264,7 +2301,7 @@ impl NativeVm {
                 m.step_one()
             };
             if interpret {
-                self.try_native(m, entry_page)?;
+                self.try_hot_native(m, entry_page)?;
             }
             self.stats.interpreted_insns += m.icount - m.native_settled - interp_from;
             if let Some(u) = m.unsettled.as_mut() {
@@ -2464,8 +2501,8 @@ fn classify_page(
     bytes: &[u8],
     base: u64,
     seeds: &[u64],
-    lead: Option<usize>,
     divergent: bool,
+    lead: impl FnOnce() -> Option<usize>,
 ) -> Result<Vec<u16>, String> {
     use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
     if bytes.len() < PAGE_SIZE || seeds.is_empty() {
@@ -2555,42 +2592,65 @@ fn classify_page(
                 decode(o)
                     .is_none_or(|i| !model_specific(&i) && (!divergent || divergent_flags(&i) == 0))
             });
-        let phases: Vec<usize> = match lead {
-            Some(p) if p > first => return Err(format!("lead {p:#x} runs past {first:#x}")),
-            Some(p) => vec![p],
-            None => (0..16.min(first))
-                .chain(tail_only.then_some(first))
-                .collect(),
-        };
-        let syncs: Vec<(usize, Vec<(usize, Instruction)>)> = phases
-            .into_iter()
-            .filter_map(|s0| {
-                let mut v = Vec::new();
-                let mut off = s0;
-                while off < first {
-                    let ins = decode(off)?;
-                    v.push((off, ins));
-                    off += ins.len();
-                }
-                (off == first).then_some((s0, v))
-            })
-            .collect();
-        // The real phase is one of those that sync; if several do, which one is unknown,
-        // and none of them may hold an instruction that would be patched (a wrong phase
-        // would patch a byte in the middle of a real instruction).
         let patchable =
             |i: &Instruction| model_specific(i) || (divergent && divergent_flags(i) != 0);
-        if syncs.len() > 1
-            && syncs
-                .iter()
-                .any(|(_, v)| v.iter().any(|(_, i)| patchable(i)))
-        {
-            return Err(format!("ambiguous lead before {first:#x}"));
+        // For each offset before `first`: whether a linear decoding from it lands exactly on
+        // `first` (`None` if not), and whether it passes an instruction that would be
+        // patched. Decodings from nearby offsets merge after a few instructions, so each
+        // offset is decoded once.
+        let mut reaches: Vec<Option<Option<bool>>> = vec![None; first + 1];
+        reaches[first] = Some(Some(false));
+        let mut reach = |s0: usize| {
+            let mut path = Vec::new();
+            let mut off = s0;
+            let mut r = loop {
+                if off > first {
+                    break None;
+                }
+                if let Some(r) = reaches[off] {
+                    break r;
+                }
+                let Some(ins) = decode(off) else { break None };
+                path.push((off, patchable(&ins)));
+                off += ins.len();
+            };
+            for (o, p) in path.into_iter().rev() {
+                r = r.map(|q| q || p);
+                reaches[o] = Some(r);
+            }
+            r
+        };
+        // (phase, whether its instructions hold one that would be patched)
+        let syncs: Vec<(usize, bool)> = (0..16.min(first))
+            .chain(tail_only.then_some(first))
+            .filter_map(|s0| reach(s0).map(|p| (s0, p)))
+            .collect();
+        // The real phase is one of those that sync. If none of them holds an instruction
+        // that would be patched, which one it is does not matter. Else it must be known
+        // (a wrong phase would patch a byte in the middle of a real instruction).
+        let s0 = if !syncs.is_empty() && !syncs.iter().any(|&(_, p)| p) {
+            syncs[0].0
+        } else {
+            match lead() {
+                Some(p) if p > first => return Err(format!("lead {p:#x} runs past {first:#x}")),
+                Some(p) if reach(p).is_some() => p,
+                Some(_) => return Err(format!("no lead sync to {first:#x}")),
+                None if syncs.len() > 1 => return Err(format!("ambiguous lead before {first:#x}")),
+                None => {
+                    syncs
+                        .first()
+                        .ok_or(format!("no lead sync to {first:#x}"))?
+                        .0
+                }
+            }
+        };
+        let mut lead = Vec::new();
+        let mut off = s0;
+        while off < first {
+            let ins = decode(off).expect("decoded before");
+            lead.push((off, ins));
+            off += ins.len();
         }
-        let (s0, lead) = syncs
-            .into_iter()
-            .next()
-            .ok_or(format!("no lead sync to {first:#x}"))?;
         inside[..s0].fill(true);
         for (off, ins) in lead {
             start[off] = true;
@@ -2988,7 +3048,7 @@ mod tests {
     fn classify_finds_model_specific_sites() {
         // xor eax,eax; cpuid; rdtsc; ret
         let p = page(&[0x31, 0xc0, 0x0f, 0xa2, 0x0f, 0x31, 0xc3]);
-        let sites = classify_page(&p, BASE, &[BASE + 0x100], None, true).expect("classified");
+        let sites = classify_page(&p, BASE, &[BASE + 0x100], true, || None).expect("classified");
         assert_eq!(sites, vec![0x102, 0x104]);
     }
 
@@ -3009,8 +3069,8 @@ mod tests {
         // real is unknown, and patching offset 0 could break a real instruction (python3.11
         // crashed so, natively). The page stays interpreted.
         let p = cpuid_or_moffs_lead();
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, false).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], true, || None).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], false, || None).is_err());
     }
 
     #[test]
@@ -3019,18 +3079,47 @@ mod tests {
         // real and patched; from offset 1 there is no cpuid.
         let mut p = cpuid_or_moffs_lead();
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], Some(0), false),
+            classify_page(&p, BASE, &[BASE + 0x100], false, || Some(0)),
             Ok(vec![0])
         );
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], Some(1), false),
+            classify_page(&p, BASE, &[BASE + 0x100], false, || Some(1)),
             Ok(vec![])
         );
         // A phase that does not lead to the first known instruction is refused.
         p[10] = 0x0f;
         p[11] = 0x0b;
         p[12] = 0x0f;
-        assert!(classify_page(&p, BASE, &[BASE + 11], Some(1), false).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 11], false, || Some(1)).is_err());
+    }
+
+    #[test]
+    fn the_phase_is_asked_for_only_where_it_decides_a_patch() {
+        // From offset 0 or 1 the lead reads nops (or a one-byte tail and nops): nothing to
+        // patch whichever is real, so no sweep is needed.
+        let mut p = page(&[0xc3]);
+        p[..0x100].fill(0x90);
+        let asked = std::cell::Cell::new(false);
+        let lead = || {
+            asked.set(true);
+            None
+        };
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], true, lead),
+            Ok(vec![])
+        );
+        assert!(!asked.get());
+        // With a cpuid in one of the phases it is asked for.
+        let p = cpuid_or_moffs_lead();
+        let lead = || {
+            asked.set(true);
+            Some(0)
+        };
+        assert_eq!(
+            classify_page(&p, BASE, &[BASE + 0x100], false, lead),
+            Ok(vec![0])
+        );
+        assert!(asked.get());
     }
 
     #[test]
@@ -3057,7 +3146,7 @@ mod tests {
         // je 1f; lock; 1: cmpxchg [rdi],ecx; ret
         let p = page(&[0x74, 0x01, 0xf0, 0x0f, 0xb1, 0x0f, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![])
         );
     }
@@ -3066,11 +3155,11 @@ mod tests {
     fn classify_rejects_overlapping_or_invalid_decodings() {
         // jmp into the middle of a cpuid: the two decodings disagree.
         let p = page(&[0xeb, 0x01, 0x0f, 0xa2, 0xc3]);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], true, || None).is_err());
         // Bytes that do not decode cannot be vouched for.
         let p = page(&[0x90, 0x06, 0xc3]);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, true).is_err());
-        assert!(classify_page(&page(&[0xc3]), BASE, &[], None, true).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], true, || None).is_err());
+        assert!(classify_page(&page(&[0xc3]), BASE, &[], true, || None).is_err());
     }
 
     #[test]
@@ -3078,24 +3167,24 @@ mod tests {
         // imul rax,rbx; pushfq; ret: the flags are read (pushfq): interpreted.
         let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x9c, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![0x100])
         );
         // Not with a host that agrees with the model.
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, false),
+            classify_page(&p, BASE, &[BASE + 0x100], false, || None),
             Ok(vec![])
         );
         // imul rax,rbx; add rax,1; ret: overwritten first, so it runs natively.
         let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![])
         );
         // shr rax,cl; syscall: the kernel entry saves RFLAGS in R11.
         let p = page(&[0x48, 0xd3, 0xe8, 0x0f, 0x05, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![0x100])
         );
         // shl rax,3; shr rdx,cl; cmp rax,rdx; ret: a shift by CL may not write the flags,
@@ -3104,7 +3193,7 @@ mod tests {
             0x48, 0xc1, 0xe0, 0x03, 0x48, 0xd3, 0xea, 0x48, 0x39, 0xd0, 0xc3,
         ]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![])
         );
         // sar rax,1; call f; ret; f: cmp rax,1; ret: the callee overwrites them first.
@@ -3112,13 +3201,13 @@ mod tests {
             0x48, 0xd1, 0xf8, 0xe8, 0x01, 0x00, 0x00, 0x00, 0xc3, 0x48, 0x83, 0xf8, 0x01, 0xc3,
         ]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![])
         );
         // mul rbx; ret: the caller is unknown.
         let p = page(&[0x48, 0xf7, 0xe3, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], None, true),
+            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
             Ok(vec![0x100])
         );
     }
