@@ -1425,10 +1425,6 @@ impl NativeVm {
         Ok(true)
     }
 
-    /// Lets an interpreted code page run natively once decoding from the instructions the
-    /// interpreter executed there accounts for every byte pattern that could be a
-    /// model-specific instruction: the real ones are patched to an invalid opcode in the frame (the
-    /// engine's copy keeps the original bytes), so they leave the VM and are interpreted.
     /// `try_native` once interpreting page `pn` has cost more than classifying it would.
     fn try_hot_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
         if self.heat.get(&pn).is_some_and(|&h| h >= CLASSIFY_HEAT) {
@@ -1437,6 +1433,10 @@ impl NativeVm {
         Ok(())
     }
 
+    /// Lets an interpreted code page run natively once decoding from the instructions the
+    /// interpreter executed there accounts for every byte pattern that could be a
+    /// model-specific instruction: the real ones are patched to an invalid opcode in the frame (the
+    /// engine's copy keeps the original bytes), so they leave the VM and are interpreted.
     fn try_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
         let Some(&f) = self.frame_of.get(&pn) else {
             return Ok(());
