@@ -222,6 +222,25 @@ fn hot_sites_that_leave_the_vm_are_interpreted_in_bursts() {
 }
 
 #[test]
+fn fresh_memory_filled_natively_in_large_pages_agrees() {
+    if !kvm_usable() {
+        return;
+    }
+    // 2 MiB of untouched anonymous memory is mapped as one large page when first touched
+    // (a block); what the guest writes there must still reach the engine, also after the
+    // mappings change under a block (a hole unmapped in it, part of it made read-only).
+    let bin = build(&guest_src("bigmem.c"), "gcc", "-O2");
+    assert_backends_agree(&bin, &[], b"");
+    let mut c = fx86();
+    c.args(["run", "--backend", "kvm", "--stats", "--"])
+        .arg(&bin);
+    let o = run_with_input(c, b"");
+    let line = stats_line(&o);
+    let blocks: u64 = stat_field(&line, "blocks").parse().expect("blocks");
+    assert!(blocks > 0, "no block was mapped: {line}");
+}
+
+#[test]
 fn real_programs_with_input() {
     if !kvm_usable() {
         return;

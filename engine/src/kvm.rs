@@ -75,6 +75,17 @@ const PTE_P: u64 = 1;
 const PTE_RW: u64 = 2;
 const PTE_U: u64 = 4;
 const PTE_NX: u64 = 1 << 63;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+
+/// Blocks (see `Block`): 512 pages each, in guest-physical memory from `BLOCK_GPA`, as
+/// frames numbered from `BLOCK_FRAME0`, in memory slots from `BLOCK_SLOT0`.
+const BLOCK_PAGES: u64 = 512;
+const BLOCK_SIZE: u64 = BLOCK_PAGES * PAGE_SIZE as u64;
+const BLOCK_GPA: u64 = 1 << 38;
+const BLOCK_FRAME0: u64 = 1 << 40;
+const BLOCK_SLOT0: u32 = 2048;
+const MAX_BLOCKS: usize = 8192;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 const MSR_STAR: u32 = 0xc000_0081;
@@ -98,6 +109,33 @@ struct Region {
 unsafe impl Send for Region {}
 
 impl Region {
+    /// A region of `BLOCK_SIZE` at an address aligned to it, backed by transparent huge
+    /// pages where the host has them.
+    fn block() -> Result<Region, String> {
+        let big = Region::new(2 * BLOCK_SIZE)?;
+        let start = big.ptr as u64;
+        let at = (start + BLOCK_SIZE - 1) & !(BLOCK_SIZE - 1);
+        let r = Region {
+            ptr: at as *mut u8,
+            len: BLOCK_SIZE as usize,
+        };
+        // SAFETY: `big` is our own fresh mapping; the parts before and after the aligned
+        // block are unmapped, and the block is owned by `r` alone.
+        unsafe {
+            if at > start {
+                libc::munmap(big.ptr.cast(), (at - start) as usize);
+            }
+            let end = at + BLOCK_SIZE;
+            let big_end = start + 2 * BLOCK_SIZE;
+            if big_end > end {
+                libc::munmap(end as *mut libc::c_void, (big_end - end) as usize);
+            }
+            std::mem::forget(big);
+            libc::madvise(r.ptr.cast(), r.len, libc::MADV_HUGEPAGE);
+        }
+        Ok(r)
+    }
+
     fn new(len: u64) -> Result<Region, String> {
         // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
         let ptr = unsafe {
@@ -303,6 +341,8 @@ pub struct NativeStats {
     pub page_faults: u64,
     /// Pages copied back after being written natively.
     pub dirty_pages: u64,
+    /// Blocks mapped (see `Block`).
+    pub blocks: u64,
     /// Register-only instructions executed in place for the VM (see `inline_sites`).
     pub emulated: u64,
     /// Native stretches ended by a timer kick (see `NativeVm::kick_every`).
@@ -317,6 +357,21 @@ pub struct NativeStats {
     pub interpreted_insns: u64,
 }
 
+/// 2 MiB of guest memory (512 pages of an anonymous mapping, aligned) that the guest first
+/// touched while none of it held data: mapped with one large page, so that filling it costs
+/// one fault instead of 512 (tens of microseconds each under shadow paging). KVM maps only
+/// 4 KiB pages where it logs writes, so the block's memory slot is not logged at first;
+/// whether the guest wrote it shows in the dirty bit of its page-directory entry. At the
+/// first exit that finds that bit set, its pages are compared with the engine's and copied
+/// where they differ, and its slot is logged from then on (as it is, mapped by ordinary
+/// page-table entries, after any change of mappings).
+struct Block {
+    region: Region,
+    first_pn: u64,
+    /// Where its page-directory entry is, while its slot is not logged.
+    pde: Option<u64>,
+}
+
 /// A KVM virtual machine that runs one guest's user code.
 pub struct NativeVm {
     _kvm: Kvm,
@@ -324,6 +379,8 @@ pub struct NativeVm {
     vcpu: VcpuFd,
     sys: Region,
     chunks: Vec<Region>,
+    blocks: Vec<Block>,
+    max_blocks: usize,
     /// Guest page number → frame index.
     frame_of: BTreeMap<u64, u64>,
     /// Frame index → guest page number (`NO_PAGE` if free).
@@ -369,15 +426,14 @@ pub struct NativeVm {
     /// leave the VM for each of them.
     heat: BTreeMap<u64, u64>,
     /// Whether KVM leaves pages writable after reporting them dirty until told otherwise
-    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`). Then a page copied at an exit stays writable
-    /// (`left_writable`, by frame) and is compared with its copy at the next exit instead:
-    /// written again, it is copied again without having faulted for the log; unchanged, it
-    /// is write-protected again. A page written between most exits (a stack, a buffer being
-    /// filled) costs a comparison per exit instead of a fault per exit (tens of microseconds
-    /// under shadow paging), and memory filled in one stretch and written again in the
-    /// next faults once, not twice.
+    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), and reports every page of a new slot dirty
+    /// without write-protecting any. Then a page reported dirty is compared with the
+    /// engine's copy and copied if it differs, and it stays writable: it is write-protected
+    /// again only at an exit that finds it unchanged. So a page written between most exits
+    /// (a stack, a buffer being filled) costs a comparison per exit instead of a fault for
+    /// the log per exit (tens of microseconds under shadow paging), and fresh memory is not
+    /// write-protected before its first write.
     manual_protect: bool,
-    left_writable: Vec<bool>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
@@ -1000,7 +1056,8 @@ impl NativeVm {
             .enable_cap(&kvm_bindings::kvm_enable_cap {
                 cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
                 args: [
-                    kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE as u64,
+                    (kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+                        | kvm_bindings::KVM_DIRTY_LOG_INITIALLY_SET) as u64,
                     0,
                     0,
                     0,
@@ -1025,6 +1082,8 @@ impl NativeVm {
             vcpu,
             sys,
             chunks: Vec::new(),
+            blocks: Vec::new(),
+            max_blocks: 0,
             frame_of: BTreeMap::new(),
             pn_of: Vec::new(),
             free: Vec::new(),
@@ -1044,7 +1103,6 @@ impl NativeVm {
             tried: BTreeMap::new(),
             heat: BTreeMap::new(),
             manual_protect,
-            left_writable: Vec::new(),
             cross_check: false,
             host_flags_match: host_flags_match_model(),
             stop: None,
@@ -1063,6 +1121,11 @@ impl NativeVm {
             forced: BTreeSet::new(),
             stats: NativeStats::default(),
         };
+        v.max_blocks = (v
+            ._kvm
+            .get_nr_memslots()
+            .saturating_sub(BLOCK_SLOT0 as usize + 1))
+        .min(MAX_BLOCKS);
         v.build_system()?;
         Ok(v)
     }
@@ -1275,17 +1338,106 @@ impl NativeVm {
     // ---- frames and page tables ----
 
     fn frame_phys(f: u64) -> u64 {
-        FRAME_BASE + f * PAGE_SIZE as u64
+        if f >= BLOCK_FRAME0 {
+            BLOCK_GPA + (f - BLOCK_FRAME0) * PAGE_SIZE as u64
+        } else {
+            FRAME_BASE + f * PAGE_SIZE as u64
+        }
     }
 
     fn frame(&self, f: u64) -> &[u8; PAGE_SIZE] {
+        if f >= BLOCK_FRAME0 {
+            let k = f - BLOCK_FRAME0;
+            return self.blocks[(k / BLOCK_PAGES) as usize]
+                .region
+                .page((k % BLOCK_PAGES) * PAGE_SIZE as u64);
+        }
         let c = (f / FRAMES_PER_CHUNK) as usize;
         self.chunks[c].page((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64)
     }
 
     fn frame_mut(&mut self, f: u64) -> &mut [u8; PAGE_SIZE] {
+        if f >= BLOCK_FRAME0 {
+            let k = f - BLOCK_FRAME0;
+            return self.blocks[(k / BLOCK_PAGES) as usize]
+                .region
+                .page_mut((k % BLOCK_PAGES) * PAGE_SIZE as u64);
+        }
         let c = (f / FRAMES_PER_CHUNK) as usize;
         self.chunks[c].page_mut((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64)
+    }
+
+    /// The memory slot of block `b`, logged or not.
+    fn set_block_slot(&self, b: usize, logged: bool) -> Result<(), String> {
+        let region = kvm_userspace_memory_region {
+            slot: BLOCK_SLOT0 + b as u32,
+            flags: if logged { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: BLOCK_GPA + b as u64 * BLOCK_SIZE,
+            memory_size: BLOCK_SIZE,
+            userspace_addr: self.blocks[b].region.ptr as u64,
+        };
+        // SAFETY: the region lives in `self.blocks` as long as the VM.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(sys_err("a block's memory slot"))
+    }
+
+    /// Maps the untouched 2 MiB of guest memory from page `lo` (all of it in one anonymous
+    /// mapping with protection `prot`) as a new block, if it can be one: see `Block`.
+    fn try_block(&mut self, m: &Machine, lo: u64, prot: u8) -> Result<bool, String> {
+        if self.blocks.len() >= self.max_blocks
+            || prot != PROT_READ | PROT_WRITE
+            || self.frame_of.range(lo..lo + BLOCK_PAGES).next().is_some()
+            || (lo..lo + BLOCK_PAGES).any(|p| m.mem.pages.get(p).is_some())
+        {
+            return Ok(false);
+        }
+        // The page-directory entry, which must not be in use (a stale translation of the
+        // table it pointed to could outlive it).
+        let va = lo << 12;
+        let mut table = PML4;
+        for level in [3u32, 2] {
+            let e = table + ((va >> (12 + 9 * level)) & 511) * 8;
+            let v = self.sys.u64_at(e);
+            if v & PTE_P == 0 {
+                if self.pt_next + PAGE_SIZE as u64 > SYS_SIZE {
+                    return Ok(false);
+                }
+                let t = self.pt_next;
+                self.pt_next += PAGE_SIZE as u64;
+                self.sys.set_u64(e, t | PTE_P | PTE_RW | PTE_U);
+                table = t;
+            } else {
+                table = v & PTE_ADDR;
+            }
+        }
+        let pde = table + ((va >> 21) & 511) * 8;
+        if self.sys.u64_at(pde) & PTE_P != 0 {
+            return Ok(false);
+        }
+        let b = self.blocks.len();
+        self.blocks.push(Block {
+            region: Region::block()?,
+            first_pn: lo,
+            pde: Some(pde),
+        });
+        self.set_block_slot(b, false)?;
+        let f0 = BLOCK_FRAME0 + b as u64 * BLOCK_PAGES;
+        for i in 0..BLOCK_PAGES {
+            self.frame_of.insert(lo + i, f0 + i);
+        }
+        self.sys.set_u64(
+            pde,
+            Self::frame_phys(f0) | PTE_P | PTE_RW | PTE_U | PTE_PS | PTE_NX,
+        );
+        self.stats.blocks += 1;
+        Ok(true)
+    }
+
+    /// Logs block `b`'s slot from now on (its pages are no longer mapped as one).
+    fn log_block(&mut self, b: usize) -> Result<(), String> {
+        if self.blocks[b].pde.take().is_some() {
+            self.set_block_slot(b, true)?;
+        }
+        Ok(())
     }
 
     fn new_frame(&mut self, pn: u64) -> Result<u64, String> {
@@ -1336,6 +1488,14 @@ impl NativeVm {
     fn free_frame(&mut self, pn: u64) {
         self.unpatch(pn);
         if let Some(f) = self.frame_of.remove(&pn) {
+            if f >= BLOCK_FRAME0 {
+                // (A block's frames are not given to other pages.)
+                let k = f - BLOCK_FRAME0;
+                self.blocks[(k / BLOCK_PAGES) as usize]
+                    .region
+                    .discard((k % BLOCK_PAGES) * PAGE_SIZE as u64, PAGE_SIZE as u64);
+                return;
+            }
             let c = (f / FRAMES_PER_CHUNK) as usize;
             self.chunks[c].discard((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64, PAGE_SIZE as u64);
             self.pn_of[f as usize] = NO_PAGE;
@@ -1430,6 +1590,9 @@ impl NativeVm {
             (vma.end >> 12).min((pn | 511) + 1),
         );
         let prot = vma.prot;
+        if hi - lo == BLOCK_PAGES && self.try_block(m, lo, prot)? {
+            return Ok(true);
+        }
         for p in lo..hi {
             if p != pn && self.frame_of.contains_key(&p) {
                 continue;
@@ -1559,6 +1722,11 @@ impl NativeVm {
     /// Makes the VM reflect the engine: mappings, pages changed by the interpreter, registers.
     fn push(&mut self, m: &mut Machine) -> Result<(), String> {
         if m.mem.vmas != self.mirror_vmas {
+            // Tables are rebuilt with small pages: blocks are logged from now on (those the
+            // guest wrote were copied and logged at the last exit already).
+            for b in 0..self.blocks.len() {
+                self.log_block(b)?;
+            }
             // Phases depend on code bytes and on where executable mappings end.
             let exec = |v: &BTreeMap<u64, Vma>| {
                 v.iter()
@@ -2081,49 +2249,93 @@ impl NativeVm {
                     b &= b - 1;
                     let f = c as u64 * FRAMES_PER_CHUNK + w as u64 * 64 + i;
                     let pn = self.pn_of.get(f as usize).copied().unwrap_or(NO_PAGE);
-                    let left = self.left_writable.get(f as usize).copied().unwrap_or(false);
-                    if pn == NO_PAGE
-                        || left && {
-                            let frame = self.frame(f);
-                            m.mem.pages.get(pn).map_or_else(
-                                || frame.iter().all(|&x| x == 0),
-                                |p| p.data() == frame,
-                            )
-                        }
-                    {
+                    if pn == NO_PAGE || !self.differs(m, pn, f) {
                         // Not written since it was copied: writes are logged again.
                         protect[w] |= 1 << i;
-                        if left {
-                            self.left_writable[f as usize] = false;
-                        }
                         continue;
                     }
                     m.mem.put_page(pn, self.frame(f));
                     self.stats.dirty_pages += 1;
                     self.copied.push(pn);
-                    if self.manual_protect {
-                        if self.left_writable.len() <= f as usize {
-                            self.left_writable.resize(f as usize + 1, false);
-                        }
-                        self.left_writable[f as usize] = true;
-                    }
                 }
             }
             if self.manual_protect && protect.iter().any(|&w| w != 0) {
-                self.clear_dirty_log(1 + c as u32, &mut protect)?;
+                self.clear_dirty_log(1 + c as u32, FRAMES_PER_CHUNK, &mut protect)?;
             }
+        }
+        for b in 0..self.blocks.len() {
+            self.pull_block(m, b)?;
         }
         self.mirror = m.mem.pages.clone();
         Ok(())
     }
 
+    /// Whether frame `f` differs from the engine's page `pn`.
+    fn differs(&self, m: &Machine, pn: u64, f: u64) -> bool {
+        let frame = self.frame(f);
+        m.mem
+            .pages
+            .get(pn)
+            .map_or_else(|| frame.iter().any(|&x| x != 0), |p| p.data() != frame)
+    }
+
+    /// Copies what the guest wrote in block `b` (see `Block`) into the engine's pages.
+    fn pull_block(&mut self, m: &mut Machine, b: usize) -> Result<(), String> {
+        let first = self.blocks[b].first_pn;
+        let f0 = BLOCK_FRAME0 + b as u64 * BLOCK_PAGES;
+        // Whether page `i` of the block is mapped and differs from the engine's copy.
+        let differs = |v: &NativeVm, m: &Machine, i: u64| {
+            v.frame_of.get(&(first + i)) == Some(&(f0 + i)) && v.differs(m, first + i, f0 + i)
+        };
+        if let Some(pde) = self.blocks[b].pde {
+            if self.sys.u64_at(pde) & PTE_D == 0 {
+                return Ok(());
+            }
+            for i in 0..BLOCK_PAGES {
+                if differs(self, m, i) {
+                    m.mem.put_page(first + i, self.frame(f0 + i));
+                    self.stats.dirty_pages += 1;
+                    self.copied.push(first + i);
+                }
+            }
+            // (Logging starts with every page reported dirty, none write-protected, and
+            // the large page kept until a page of it is write-protected.)
+            return self.log_block(b);
+        }
+        let bitmap = self
+            .vm
+            .get_dirty_log(BLOCK_SLOT0 + b as u32, BLOCK_SIZE as usize)
+            .map_err(sys_err("get_dirty_log"))?;
+        let mut protect = vec![0u64; bitmap.len()];
+        for (w, &bits) in bitmap.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let i = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let k = w as u64 * 64 + i;
+                if differs(self, m, k) {
+                    m.mem.put_page(first + k, self.frame(f0 + k));
+                    self.stats.dirty_pages += 1;
+                    self.copied.push(first + k);
+                } else {
+                    // Unchanged since it was copied (or freed): writes are logged again.
+                    protect[w] |= 1 << i;
+                }
+            }
+        }
+        if self.manual_protect && protect.iter().any(|&w| w != 0) {
+            self.clear_dirty_log(BLOCK_SLOT0 + b as u32, BLOCK_PAGES, &mut protect)?;
+        }
+        Ok(())
+    }
+
     /// Write-protects again (for the dirty log) the pages of slot `slot` whose bits are set
-    /// in `bitmap` (`KVM_CLEAR_DIRTY_LOG`, with manual protection: see `left_writable`).
-    fn clear_dirty_log(&self, slot: u32, bitmap: &mut [u64]) -> Result<(), String> {
+    /// in `bitmap` (`KVM_CLEAR_DIRTY_LOG`, with manual protection: see `manual_protect`).
+    fn clear_dirty_log(&self, slot: u32, pages: u64, bitmap: &mut [u64]) -> Result<(), String> {
         use std::os::fd::AsRawFd;
         let arg = kvm_bindings::kvm_clear_dirty_log {
             slot,
-            num_pages: FRAMES_PER_CHUNK as u32,
+            num_pages: pages as u32,
             first_page: 0,
             __bindgen_anon_1: kvm_bindings::kvm_clear_dirty_log__bindgen_ty_1 {
                 dirty_bitmap: bitmap.as_mut_ptr().cast(),
