@@ -2237,31 +2237,12 @@ impl NativeVm {
             .map_err(|_| "the VM returned an invalid MXCSR".to_string())?;
         self.copied.clear();
         for c in 0..self.chunks.len() {
-            let bitmap = self
-                .vm
-                .get_dirty_log(1 + c as u32, CHUNK as usize)
-                .map_err(sys_err("get_dirty_log"))?;
-            let mut protect = vec![0u64; bitmap.len()];
-            for (w, &bits) in bitmap.iter().enumerate() {
-                let mut b = bits;
-                while b != 0 {
-                    let i = b.trailing_zeros() as u64;
-                    b &= b - 1;
-                    let f = c as u64 * FRAMES_PER_CHUNK + w as u64 * 64 + i;
-                    let pn = self.pn_of.get(f as usize).copied().unwrap_or(NO_PAGE);
-                    if pn == NO_PAGE || !self.differs(m, pn, f) {
-                        // Not written since it was copied: writes are logged again.
-                        protect[w] |= 1 << i;
-                        continue;
-                    }
-                    m.mem.put_page(pn, self.frame(f));
-                    self.stats.dirty_pages += 1;
-                    self.copied.push(pn);
-                }
-            }
-            if self.manual_protect && protect.iter().any(|&w| w != 0) {
-                self.clear_dirty_log(1 + c as u32, FRAMES_PER_CHUNK, &mut protect)?;
-            }
+            let base = c as u64 * FRAMES_PER_CHUNK;
+            self.pull_slot(m, 1 + c as u32, FRAMES_PER_CHUNK, |v, k| {
+                let f = base + k;
+                let pn = v.pn_of.get(f as usize).copied().unwrap_or(NO_PAGE);
+                (pn != NO_PAGE).then_some((pn, f))
+            })?;
         }
         for b in 0..self.blocks.len() {
             self.pull_block(m, b)?;
@@ -2270,41 +2251,59 @@ impl NativeVm {
         Ok(())
     }
 
-    /// Whether frame `f` differs from the engine's page `pn`.
-    fn differs(&self, m: &Machine, pn: u64, f: u64) -> bool {
-        let frame = self.frame(f);
-        m.mem
-            .pages
-            .get(pn)
-            .map_or_else(|| frame.iter().any(|&x| x != 0), |p| p.data() != frame)
-    }
-
     /// Copies what the guest wrote in block `b` (see `Block`) into the engine's pages.
     fn pull_block(&mut self, m: &mut Machine, b: usize) -> Result<(), String> {
         let first = self.blocks[b].first_pn;
         let f0 = BLOCK_FRAME0 + b as u64 * BLOCK_PAGES;
-        // Whether page `i` of the block is mapped and differs from the engine's copy.
-        let differs = |v: &NativeVm, m: &Machine, i: u64| {
-            v.frame_of.get(&(first + i)) == Some(&(f0 + i)) && v.differs(m, first + i, f0 + i)
+        // Page `k` of the block, if it is still mapped there.
+        let page_of = move |v: &NativeVm, k: u64| {
+            (v.frame_of.get(&(first + k)) == Some(&(f0 + k))).then_some((first + k, f0 + k))
         };
-        if let Some(pde) = self.blocks[b].pde {
-            if self.sys.u64_at(pde) & PTE_D == 0 {
-                return Ok(());
-            }
-            for i in 0..BLOCK_PAGES {
-                if differs(self, m, i) {
-                    m.mem.put_page(first + i, self.frame(f0 + i));
-                    self.stats.dirty_pages += 1;
-                    self.copied.push(first + i);
-                }
-            }
-            // (Logging starts with every page reported dirty, none write-protected, and
-            // the large page kept until a page of it is write-protected.)
-            return self.log_block(b);
+        let Some(pde) = self.blocks[b].pde else {
+            return self.pull_slot(m, BLOCK_SLOT0 + b as u32, BLOCK_PAGES, page_of);
+        };
+        if self.sys.u64_at(pde) & PTE_D == 0 {
+            return Ok(());
         }
+        for k in 0..BLOCK_PAGES {
+            if let Some((pn, f)) = page_of(self, k) {
+                self.copy_back(m, pn, f);
+            }
+        }
+        // (Logging starts with every page reported dirty, none write-protected, and the
+        // large page kept until a page of it is write-protected.)
+        self.log_block(b)
+    }
+
+    /// Copies frame `f` into the engine's page `pn` if they differ; true if they did.
+    fn copy_back(&mut self, m: &mut Machine, pn: u64, f: u64) -> bool {
+        let frame = self.frame(f);
+        let differs = m
+            .mem
+            .pages
+            .get(pn)
+            .map_or_else(|| frame.iter().any(|&x| x != 0), |p| p.data() != frame);
+        if differs {
+            m.mem.put_page(pn, frame);
+            self.stats.dirty_pages += 1;
+            self.copied.push(pn);
+        }
+        differs
+    }
+
+    /// Copies back the pages KVM logged as dirty in memory slot `slot` (`pages` pages; page
+    /// `k` of it is the engine's page and frame `page_of(k)`, if any) that differ from the
+    /// engine's, and write-protects again those that do not (see `manual_protect`).
+    fn pull_slot(
+        &mut self,
+        m: &mut Machine,
+        slot: u32,
+        pages: u64,
+        page_of: impl Fn(&NativeVm, u64) -> Option<(u64, u64)>,
+    ) -> Result<(), String> {
         let bitmap = self
             .vm
-            .get_dirty_log(BLOCK_SLOT0 + b as u32, BLOCK_SIZE as usize)
+            .get_dirty_log(slot, pages as usize * PAGE_SIZE)
             .map_err(sys_err("get_dirty_log"))?;
         let mut protect = vec![0u64; bitmap.len()];
         for (w, &bits) in bitmap.iter().enumerate() {
@@ -2312,19 +2311,18 @@ impl NativeVm {
             while bits != 0 {
                 let i = bits.trailing_zeros() as u64;
                 bits &= bits - 1;
-                let k = w as u64 * 64 + i;
-                if differs(self, m, k) {
-                    m.mem.put_page(first + k, self.frame(f0 + k));
-                    self.stats.dirty_pages += 1;
-                    self.copied.push(first + k);
-                } else {
-                    // Unchanged since it was copied (or freed): writes are logged again.
+                let written = match page_of(self, w as u64 * 64 + i) {
+                    Some((pn, f)) => self.copy_back(m, pn, f),
+                    None => false,
+                };
+                if !written {
+                    // Not written since it was copied (or not in use): logged again.
                     protect[w] |= 1 << i;
                 }
             }
         }
         if self.manual_protect && protect.iter().any(|&w| w != 0) {
-            self.clear_dirty_log(BLOCK_SLOT0 + b as u32, BLOCK_PAGES, &mut protect)?;
+            self.clear_dirty_log(slot, pages, &mut protect)?;
         }
         Ok(())
     }
