@@ -1,6 +1,6 @@
 /* Large fresh anonymous memory: filled in one go, written again after system calls (exits),
  * then a hole is unmapped in it and part of it made read-only (the mappings change), and it
- * is written and read back. */
+ * is written and read back; then buffers are mapped, filled and unmapped again and again. */
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -27,6 +27,15 @@ int main(void) {
     unsigned long sum = 0;
     for (size_t i = 0; i < n; i += 256)
         if (!(i >= 8 * MB + 4096 && i < 8 * MB + 4 * 4096)) sum = sum * 31 + p[i];
+    for (int r = 0; r < 40; r++) {
+        size_t m = 8 * MB;
+        unsigned char *q = mmap(0, m, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (q == MAP_FAILED) return 3;
+        memset(q, r, m);
+        for (size_t i = 0; i < m; i += 4096 * 11) q[i] += (unsigned char)i;
+        for (size_t i = 0; i < m; i += 4096) sum = sum * 31 + q[i];
+        munmap(q, m);
+    }
     printf("%lu\n", sum);
     return 0;
 }
