@@ -78,14 +78,18 @@ const PTE_NX: u64 = 1 << 63;
 const PTE_D: u64 = 1 << 6;
 const PTE_PS: u64 = 1 << 7;
 
-/// Blocks (see `Block`): 512 pages each, in guest-physical memory from `BLOCK_GPA`, as
-/// frames numbered from `BLOCK_FRAME0`, in memory slots from `BLOCK_SLOT0`.
+/// Blocks (see `Block`): 512 pages each, 32 to a group of 64 MiB with a memory slot of its
+/// own (from `BLOCK_SLOT0`), in guest-physical memory from `BLOCK_GPA`, as frames numbered
+/// from `BLOCK_FRAME0`.
 const BLOCK_PAGES: u64 = 512;
 const BLOCK_SIZE: u64 = BLOCK_PAGES * PAGE_SIZE as u64;
+const GROUP_BLOCKS: usize = 32;
+const GROUP_PAGES: u64 = BLOCK_PAGES * GROUP_BLOCKS as u64;
+const GROUP_SIZE: u64 = GROUP_PAGES * PAGE_SIZE as u64;
 const BLOCK_GPA: u64 = 1 << 38;
 const BLOCK_FRAME0: u64 = 1 << 40;
 const BLOCK_SLOT0: u32 = 2048;
-const MAX_BLOCKS: usize = 8192;
+const MAX_GROUPS: usize = 1024;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 const MSR_STAR: u32 = 0xc000_0081;
@@ -109,15 +113,15 @@ struct Region {
 unsafe impl Send for Region {}
 
 impl Region {
-    /// A region of `BLOCK_SIZE` at an address aligned to it, backed by transparent huge
-    /// pages where the host has them.
-    fn block() -> Result<Region, String> {
-        let big = Region::new(2 * BLOCK_SIZE)?;
+    /// A region of `GROUP_SIZE` at an address aligned to `BLOCK_SIZE`, backed by
+    /// transparent huge pages where the host has them.
+    fn group() -> Result<Region, String> {
+        let big = Region::new(GROUP_SIZE + BLOCK_SIZE)?;
         let start = big.ptr as u64;
         let at = (start + BLOCK_SIZE - 1) & !(BLOCK_SIZE - 1);
         let r = Region {
             ptr: at as *mut u8,
-            len: BLOCK_SIZE as usize,
+            len: GROUP_SIZE as usize,
         };
         // SAFETY: `big` is our own fresh mapping; the parts before and after the aligned
         // block are unmapped, and the block is owned by `r` alone.
@@ -125,8 +129,8 @@ impl Region {
             if at > start {
                 libc::munmap(big.ptr.cast(), (at - start) as usize);
             }
-            let end = at + BLOCK_SIZE;
-            let big_end = start + 2 * BLOCK_SIZE;
+            let end = at + GROUP_SIZE;
+            let big_end = start + GROUP_SIZE + BLOCK_SIZE;
             if big_end > end {
                 libc::munmap(end as *mut libc::c_void, (big_end - end) as usize);
             }
@@ -360,16 +364,24 @@ pub struct NativeStats {
 /// 2 MiB of guest memory (512 pages of an anonymous mapping, aligned) that the guest first
 /// touched while none of it held data: mapped with one large page, so that filling it costs
 /// one fault instead of 512 (tens of microseconds each under shadow paging). KVM maps only
-/// 4 KiB pages where it logs writes, so the block's memory slot is not logged at first;
-/// whether the guest wrote it shows in the dirty bit of its page-directory entry. At the
-/// first exit that finds that bit set, its pages are compared with the engine's and copied
-/// where they differ, and its slot is logged from then on (as it is, mapped by ordinary
-/// page-table entries, after any change of mappings).
+/// 4 KiB pages where it logs writes, so the memory slot of the block's group is not logged
+/// at first; whether the guest wrote a block shows in the dirty bit of its page-directory
+/// entry. At the first exit that finds that bit set, the block's pages are compared with the
+/// engine's and copied where they differ, and its group's slot is logged from then on (also
+/// after any change of mappings, when blocks are mapped by ordinary page-table entries). New
+/// blocks go to a group that is not logged. (A slot per group, not per block: each logged
+/// slot costs an ioctl at every exit.)
 struct Block {
-    region: Region,
+    /// Its first page (`NO_PAGE` for a place left unused in a logged group).
     first_pn: u64,
-    /// Where its page-directory entry is, while its slot is not logged.
-    pde: Option<u64>,
+    /// Where its page-directory entry is (used while its group is not logged).
+    pde: u64,
+}
+
+/// 32 blocks' memory and whether its slot is logged (see `Block`).
+struct Group {
+    region: Region,
+    logged: bool,
 }
 
 /// A KVM virtual machine that runs one guest's user code.
@@ -380,7 +392,8 @@ pub struct NativeVm {
     sys: Region,
     chunks: Vec<Region>,
     blocks: Vec<Block>,
-    max_blocks: usize,
+    groups: Vec<Group>,
+    max_groups: usize,
     /// Guest page number → frame index.
     frame_of: BTreeMap<u64, u64>,
     /// Frame index → guest page number (`NO_PAGE` if free).
@@ -1083,7 +1096,8 @@ impl NativeVm {
             sys,
             chunks: Vec::new(),
             blocks: Vec::new(),
-            max_blocks: 0,
+            groups: Vec::new(),
+            max_groups: 0,
             frame_of: BTreeMap::new(),
             pn_of: Vec::new(),
             free: Vec::new(),
@@ -1121,11 +1135,9 @@ impl NativeVm {
             forced: BTreeSet::new(),
             stats: NativeStats::default(),
         };
-        v.max_blocks = (v
-            ._kvm
-            .get_nr_memslots()
-            .saturating_sub(BLOCK_SLOT0 as usize + 1))
-        .min(MAX_BLOCKS);
+        v.max_groups = (v._kvm.get_nr_memslots())
+            .saturating_sub(BLOCK_SLOT0 as usize + 1)
+            .min(MAX_GROUPS);
         v.build_system()?;
         Ok(v)
     }
@@ -1348,9 +1360,9 @@ impl NativeVm {
     fn frame(&self, f: u64) -> &[u8; PAGE_SIZE] {
         if f >= BLOCK_FRAME0 {
             let k = f - BLOCK_FRAME0;
-            return self.blocks[(k / BLOCK_PAGES) as usize]
+            return self.groups[(k / GROUP_PAGES) as usize]
                 .region
-                .page((k % BLOCK_PAGES) * PAGE_SIZE as u64);
+                .page((k % GROUP_PAGES) * PAGE_SIZE as u64);
         }
         let c = (f / FRAMES_PER_CHUNK) as usize;
         self.chunks[c].page((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64)
@@ -1359,32 +1371,31 @@ impl NativeVm {
     fn frame_mut(&mut self, f: u64) -> &mut [u8; PAGE_SIZE] {
         if f >= BLOCK_FRAME0 {
             let k = f - BLOCK_FRAME0;
-            return self.blocks[(k / BLOCK_PAGES) as usize]
+            return self.groups[(k / GROUP_PAGES) as usize]
                 .region
-                .page_mut((k % BLOCK_PAGES) * PAGE_SIZE as u64);
+                .page_mut((k % GROUP_PAGES) * PAGE_SIZE as u64);
         }
         let c = (f / FRAMES_PER_CHUNK) as usize;
         self.chunks[c].page_mut((f % FRAMES_PER_CHUNK) * PAGE_SIZE as u64)
     }
 
-    /// The memory slot of block `b`, logged or not.
-    fn set_block_slot(&self, b: usize, logged: bool) -> Result<(), String> {
+    /// The memory slot of group `g`, logged or not.
+    fn set_group_slot(&self, g: usize, logged: bool) -> Result<(), String> {
         let region = kvm_userspace_memory_region {
-            slot: BLOCK_SLOT0 + b as u32,
+            slot: BLOCK_SLOT0 + g as u32,
             flags: if logged { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
-            guest_phys_addr: BLOCK_GPA + b as u64 * BLOCK_SIZE,
-            memory_size: BLOCK_SIZE,
-            userspace_addr: self.blocks[b].region.ptr as u64,
+            guest_phys_addr: BLOCK_GPA + g as u64 * GROUP_SIZE,
+            memory_size: GROUP_SIZE,
+            userspace_addr: self.groups[g].region.ptr as u64,
         };
-        // SAFETY: the region lives in `self.blocks` as long as the VM.
+        // SAFETY: the region lives in `self.groups` as long as the VM.
         unsafe { self.vm.set_user_memory_region(region) }.map_err(sys_err("a block's memory slot"))
     }
 
     /// Maps the untouched 2 MiB of guest memory from page `lo` (all of it in one anonymous
     /// mapping with protection `prot`) as a new block, if it can be one: see `Block`.
     fn try_block(&mut self, m: &Machine, lo: u64, prot: u8) -> Result<bool, String> {
-        if self.blocks.len() >= self.max_blocks
-            || prot != PROT_READ | PROT_WRITE
+        if prot != PROT_READ | PROT_WRITE
             || self.frame_of.range(lo..lo + BLOCK_PAGES).next().is_some()
             || (lo..lo + BLOCK_PAGES).any(|p| m.mem.pages.get(p).is_some())
         {
@@ -1413,13 +1424,29 @@ impl NativeVm {
         if self.sys.u64_at(pde) & PTE_P != 0 {
             return Ok(false);
         }
+        // New blocks go to a group that is not logged (else KVM would map them small).
+        if !self.blocks.len().is_multiple_of(GROUP_BLOCKS)
+            && self.groups[self.blocks.len() / GROUP_BLOCKS].logged
+        {
+            while !self.blocks.len().is_multiple_of(GROUP_BLOCKS) {
+                self.blocks.push(Block {
+                    first_pn: NO_PAGE,
+                    pde: 0,
+                });
+            }
+        }
         let b = self.blocks.len();
-        self.blocks.push(Block {
-            region: Region::block()?,
-            first_pn: lo,
-            pde: Some(pde),
-        });
-        self.set_block_slot(b, false)?;
+        if b.is_multiple_of(GROUP_BLOCKS) {
+            if self.groups.len() >= self.max_groups {
+                return Ok(false);
+            }
+            self.groups.push(Group {
+                region: Region::group()?,
+                logged: false,
+            });
+            self.set_group_slot(self.groups.len() - 1, false)?;
+        }
+        self.blocks.push(Block { first_pn: lo, pde });
         let f0 = BLOCK_FRAME0 + b as u64 * BLOCK_PAGES;
         for i in 0..BLOCK_PAGES {
             self.frame_of.insert(lo + i, f0 + i);
@@ -1432,10 +1459,11 @@ impl NativeVm {
         Ok(true)
     }
 
-    /// Logs block `b`'s slot from now on (its pages are no longer mapped as one).
-    fn log_block(&mut self, b: usize) -> Result<(), String> {
-        if self.blocks[b].pde.take().is_some() {
-            self.set_block_slot(b, true)?;
+    /// Logs group `g`'s slot from now on.
+    fn log_group(&mut self, g: usize) -> Result<(), String> {
+        if !self.groups[g].logged {
+            self.groups[g].logged = true;
+            self.set_group_slot(g, true)?;
         }
         Ok(())
     }
@@ -1491,9 +1519,9 @@ impl NativeVm {
             if f >= BLOCK_FRAME0 {
                 // (A block's frames are not given to other pages.)
                 let k = f - BLOCK_FRAME0;
-                self.blocks[(k / BLOCK_PAGES) as usize]
+                self.groups[(k / GROUP_PAGES) as usize]
                     .region
-                    .discard((k % BLOCK_PAGES) * PAGE_SIZE as u64, PAGE_SIZE as u64);
+                    .discard((k % GROUP_PAGES) * PAGE_SIZE as u64, PAGE_SIZE as u64);
                 return;
             }
             let c = (f / FRAMES_PER_CHUNK) as usize;
@@ -1724,8 +1752,8 @@ impl NativeVm {
         if m.mem.vmas != self.mirror_vmas {
             // Tables are rebuilt with small pages: blocks are logged from now on (those the
             // guest wrote were copied and logged at the last exit already).
-            for b in 0..self.blocks.len() {
-                self.log_block(b)?;
+            for g in 0..self.groups.len() {
+                self.log_group(g)?;
             }
             // Phases depend on code bytes and on where executable mappings end.
             let exec = |v: &BTreeMap<u64, Vma>| {
@@ -2244,35 +2272,47 @@ impl NativeVm {
                 (pn != NO_PAGE).then_some((pn, f))
             })?;
         }
-        for b in 0..self.blocks.len() {
-            self.pull_block(m, b)?;
+        for g in 0..self.groups.len() {
+            self.pull_group(m, g)?;
         }
         self.mirror = m.mem.pages.clone();
         Ok(())
     }
 
-    /// Copies what the guest wrote in block `b` (see `Block`) into the engine's pages.
-    fn pull_block(&mut self, m: &mut Machine, b: usize) -> Result<(), String> {
-        let first = self.blocks[b].first_pn;
-        let f0 = BLOCK_FRAME0 + b as u64 * BLOCK_PAGES;
-        // Page `k` of the block, if it is still mapped there.
+    /// Copies what the guest wrote in the blocks of group `g` (see `Block`) into the
+    /// engine's pages.
+    fn pull_group(&mut self, m: &mut Machine, g: usize) -> Result<(), String> {
+        let b0 = g * GROUP_BLOCKS;
+        let f0 = BLOCK_FRAME0 + g as u64 * GROUP_PAGES;
+        // Page `k` of the group, if a block there still maps it.
         let page_of = move |v: &NativeVm, k: u64| {
-            (v.frame_of.get(&(first + k)) == Some(&(f0 + k))).then_some((first + k, f0 + k))
+            let first = v.blocks.get(b0 + (k / BLOCK_PAGES) as usize)?.first_pn;
+            let pn = first.checked_add(k % BLOCK_PAGES)?;
+            (v.frame_of.get(&pn) == Some(&(f0 + k))).then_some((pn, f0 + k))
         };
-        let Some(pde) = self.blocks[b].pde else {
-            return self.pull_slot(m, BLOCK_SLOT0 + b as u32, BLOCK_PAGES, page_of);
-        };
-        if self.sys.u64_at(pde) & PTE_D == 0 {
-            return Ok(());
+        if self.groups[g].logged {
+            return self.pull_slot(m, BLOCK_SLOT0 + g as u32, GROUP_PAGES, page_of);
         }
-        for k in 0..BLOCK_PAGES {
-            if let Some((pn, f)) = page_of(self, k) {
-                self.copy_back(m, pn, f);
+        let mut written = false;
+        for b in b0..self.blocks.len().min(b0 + GROUP_BLOCKS) {
+            let block = &self.blocks[b];
+            if block.first_pn == NO_PAGE || self.sys.u64_at(block.pde) & PTE_D == 0 {
+                continue;
+            }
+            written = true;
+            let base = (b - b0) as u64 * BLOCK_PAGES;
+            for k in base..base + BLOCK_PAGES {
+                if let Some((pn, f)) = page_of(self, k) {
+                    self.copy_back(m, pn, f);
+                }
             }
         }
-        // (Logging starts with every page reported dirty, none write-protected, and the
-        // large page kept until a page of it is write-protected.)
-        self.log_block(b)
+        // (Logging starts with every page reported dirty, none write-protected, and large
+        // pages kept until a page of them is write-protected.)
+        if written {
+            self.log_group(g)?;
+        }
+        Ok(())
     }
 
     /// Copies frame `f` into the engine's page `pn` if they differ; true if they did.
