@@ -1475,6 +1475,13 @@ impl NativeVm {
                 let f = self.pn_of.len() as u64;
                 if f.is_multiple_of(FRAMES_PER_CHUNK) {
                     let c = self.chunks.len() as u64;
+                    // (Slots from `BLOCK_SLOT0` belong to blocks.)
+                    if 1 + c >= BLOCK_SLOT0 as u64 {
+                        return Err(format!(
+                            "the guest uses more than {} GiB of memory outside blocks",
+                            ((BLOCK_SLOT0 as u64 - 1) * CHUNK) >> 30
+                        ));
+                    }
                     let r = Region::new(CHUNK)?;
                     let region = kvm_userspace_memory_region {
                         slot: 1 + c as u32,
