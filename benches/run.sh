@@ -24,6 +24,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 KVM=$( [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo yes || true)
 printf "%-10s %14s %10s %10s %10s %9s %9s %10s %10s %9s %10s %10s %10s %10s %8s\n" guest icount native_s fx86_s qemu_s fx86_MIPS qemu_MIPS fx86/qemu fx86/native kvm_s kvm/native kvmexact_s kvmx/interp kvm_exits interp%
+RQ=(); RK=()
 for bin in "$OUT"/*; do
   b=$(basename "$bin")
   icount=$($FX86 run --stats -- "$bin" 2>&1 >/dev/null | tail -1 | sed -n 's/.*icount=\([0-9]*\).*/\1/p')
@@ -51,7 +52,13 @@ for bin in "$OUT"/*; do
     ishare=$(echo "100 * $(field interpreted_insns) / $icount" | bc -l)
   fi
   printf "%-10s %14d %10.3f %10.3f %10.3f %9.1f %9.1f %10.3f %10.4f %9.3f %10.3f %10.3f %10.3f %10d %8.3f\n" "$b" "$icount" "$n" "$e" "$q" "$fm" "$qm" "$rq" "$rn" "$k" "$rk" "$kx" "$rx" "$exits" "$ishare"
+  RQ+=("$rq"); RK+=("$rk")
 done
+# Geometric means of the ratios over the guests (the issues' targets are stated so).
+geomean() { printf "%s\n" "$@" | awk '$1 > 0 {s += log($1); n++} END {if (n) printf "%.3f", exp(s / n); else printf "n/a"}'; }
+printf "\ngeomean fx86/qemu %s" "$(geomean "${RQ[@]}")"
+[ -n "$KVM" ] && printf ", kvm/native %s" "$(geomean "${RK[@]}")"
+printf "\n"
 # Exit cost: a system call round trip (guest -> fx86's Linux layer -> guest), from the time of
 # N getppid() calls minus the time of none, per call.
 if [ -n "$KVM" ]; then
