@@ -90,6 +90,13 @@ const BLOCK_GPA: u64 = 1 << 38;
 const BLOCK_FRAME0: u64 = 1 << 40;
 const BLOCK_SLOT0: u32 = 2048;
 const MAX_GROUPS: usize = 1024;
+/// A page left writable is write-protected again for the dirty log once it was found
+/// unchanged at this many exits in a row: each such exit costs a comparison (a fraction of a
+/// microsecond), a write after it is protected costs a fault (about 10 µs under shadow
+/// paging), so memory that is written again after a few exits (a buffer filled, then
+/// updated) is not protected in between, and memory no longer written stops costing
+/// comparisons.
+const CALM_EXITS: u8 = 16;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 const MSR_STAR: u32 = 0xc000_0081;
@@ -447,6 +454,9 @@ pub struct NativeVm {
     /// the log per exit (tens of microseconds under shadow paging), and fresh memory is not
     /// write-protected before its first write.
     manual_protect: bool,
+    /// See `calm_mut` (ordinary frames, block frames).
+    calm: Vec<u8>,
+    calm_blocks: Vec<u8>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
@@ -1117,6 +1127,8 @@ impl NativeVm {
             tried: BTreeMap::new(),
             heat: BTreeMap::new(),
             manual_protect,
+            calm: Vec::new(),
+            calm_blocks: Vec::new(),
             cross_check: false,
             host_flags_match: host_flags_match_model(),
             stop: None,
@@ -2322,8 +2334,26 @@ impl NativeVm {
         Ok(())
     }
 
+    /// For how many exits in a row frame `f` was found unchanged while writable (see
+    /// `CALM_EXITS`).
+    fn calm_mut(&mut self, f: u64) -> &mut u8 {
+        let (v, i) = if f >= BLOCK_FRAME0 {
+            (&mut self.calm_blocks, (f - BLOCK_FRAME0) as usize)
+        } else {
+            (&mut self.calm, f as usize)
+        };
+        if v.len() <= i {
+            v.resize(i + 1, 0);
+        }
+        &mut v[i]
+    }
+
     /// Copies frame `f` into the engine's page `pn` if they differ; true if they did.
     fn copy_back(&mut self, m: &mut Machine, pn: u64, f: u64) -> bool {
+        if self.patched.contains_key(&pn) {
+            // (Not writable natively: it differs only by its patches.)
+            return false;
+        }
         let frame = self.frame(f);
         let differs = m
             .mem
@@ -2358,13 +2388,24 @@ impl NativeVm {
             while bits != 0 {
                 let i = bits.trailing_zeros() as u64;
                 bits &= bits - 1;
-                let written = match page_of(self, w as u64 * 64 + i) {
-                    Some((pn, f)) => self.copy_back(m, pn, f),
-                    None => false,
+                let calm = match page_of(self, w as u64 * 64 + i) {
+                    // A patched code page differs from the engine's only by its patches: it
+                    // is not writable natively (its bit may still be set from before).
+                    Some((pn, _)) if self.patched.contains_key(&pn) => true,
+                    Some((pn, f)) => {
+                        let written = self.copy_back(m, pn, f);
+                        let c = self.calm_mut(f);
+                        *c = if written { 0 } else { *c + 1 };
+                        *c >= CALM_EXITS
+                    }
+                    None => true,
                 };
-                if !written {
-                    // Not written since it was copied (or not in use): logged again.
+                if calm {
+                    // Not written at the last exits (or not in use): logged again.
                     protect[w] |= 1 << i;
+                    if let Some((_, f)) = page_of(self, w as u64 * 64 + i) {
+                        *self.calm_mut(f) = 0;
+                    }
                 }
             }
         }
