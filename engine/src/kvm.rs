@@ -88,7 +88,7 @@ const GROUP_PAGES: u64 = BLOCK_PAGES * GROUP_BLOCKS as u64;
 const GROUP_SIZE: u64 = GROUP_PAGES * PAGE_SIZE as u64;
 const BLOCK_GPA: u64 = 1 << 38;
 const BLOCK_FRAME0: u64 = 1 << 40;
-const BLOCK_SLOT0: u32 = 2048;
+const BLOCK_SLOT0: u32 = 256;
 const MAX_GROUPS: usize = 1024;
 /// A page left writable is write-protected again for the dirty log once it was found
 /// unchanged at this many exits in a row: each such exit costs a comparison (a fraction of a
