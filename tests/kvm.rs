@@ -150,6 +150,16 @@ fn model_cpu_and_honest_isa_natively() {
     assert!(lossy(&o.stderr).contains("SIGILL"), "{}", lossy(&o.stderr));
 }
 
+/// The `--stats` line of `fx86 run --backend kvm` of `bin` (which must exit with 0).
+fn kvm_stats(bin: &Path) -> String {
+    let mut c = fx86();
+    c.args(["run", "--backend", "kvm", "--stats", "--"])
+        .arg(bin);
+    let o = run_with_input(c, b"");
+    assert_eq!(status_code(&o), 0, "{}", lossy(&o.stderr));
+    stats_line(&o)
+}
+
 #[test]
 fn computations_run_natively_not_in_the_interpreter() {
     if !kvm_usable() {
@@ -166,27 +176,13 @@ fn computations_run_natively_not_in_the_interpreter() {
         ("matrix.c", "-static-pie"),
     ] {
         let bin = build(&benches.join(src), "gcc", opt);
-        let mut k = fx86();
-        k.args(["run", "--backend", "kvm", "--stats", "--"])
-            .arg(&bin);
-        let o = run_with_input(k, b"");
-        let err = lossy(&o.stderr);
-        assert_eq!(status_code(&o), 0, "{err}");
-        let field = |name: &str| -> u64 {
-            let at = err
-                .find(&format!(" {name}="))
-                .unwrap_or_else(|| panic!("{name}: {err}"));
-            err[at + name.len() + 2..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{name}: {err}"))
-        };
+        let line = kvm_stats(&bin);
+        let field = |name: &str| -> u64 { stat_field(&line, name).parse().expect(name) };
         let (icount, interpreted) = (field("icount"), field("interpreted_insns"));
-        assert!(icount > 10_000_000, "{src}: {err}");
+        assert!(icount > 10_000_000, "{src}: {line}");
         assert!(
             interpreted * 100 < icount,
-            "{src} {opt}: {interpreted} of {icount} instructions interpreted: {err}"
+            "{src} {opt}: {interpreted} of {icount} instructions interpreted: {line}"
         );
     }
 }
@@ -232,11 +228,7 @@ fn fresh_memory_filled_natively_in_large_pages_agrees() {
     // mappings change under a block (a hole unmapped in it, part of it made read-only).
     let bin = build(&guest_src("bigmem.c"), "gcc", "-O2");
     assert_backends_agree(&bin, &[], b"");
-    let mut c = fx86();
-    c.args(["run", "--backend", "kvm", "--stats", "--"])
-        .arg(&bin);
-    let o = run_with_input(c, b"");
-    let line = stats_line(&o);
+    let line = kvm_stats(&bin);
     let blocks: u64 = stat_field(&line, "blocks").parse().expect("blocks");
     assert!(blocks > 0, "no block was mapped: {line}");
 }

@@ -1415,24 +1415,7 @@ impl NativeVm {
         }
         // The page-directory entry, which must not be in use (a stale translation of the
         // table it pointed to could outlive it).
-        let va = lo << 12;
-        let mut table = PML4;
-        for level in [3u32, 2] {
-            let e = table + ((va >> (12 + 9 * level)) & 511) * 8;
-            let v = self.sys.u64_at(e);
-            if v & PTE_P == 0 {
-                if self.pt_next + PAGE_SIZE as u64 > SYS_SIZE {
-                    return Ok(false);
-                }
-                let t = self.pt_next;
-                self.pt_next += PAGE_SIZE as u64;
-                self.sys.set_u64(e, t | PTE_P | PTE_RW | PTE_U);
-                table = t;
-            } else {
-                table = v & PTE_ADDR;
-            }
-        }
-        let pde = table + ((va >> 21) & 511) * 8;
+        let pde = self.table_entry(lo << 12, 1, true)?.expect("created");
         if self.sys.u64_at(pde) & PTE_P != 0 {
             return Ok(false);
         }
@@ -1552,9 +1535,15 @@ impl NativeVm {
 
     /// The page-table entry for `va`, creating the tables above it if asked.
     fn pte(&mut self, va: u64, create: bool) -> Result<Option<u64>, String> {
+        self.table_entry(va, 0, create)
+    }
+
+    /// The entry for `va` in the page table at `level` (0: page-table entry, 1:
+    /// page-directory entry), creating the tables above it if asked.
+    fn table_entry(&mut self, va: u64, level: u32, create: bool) -> Result<Option<u64>, String> {
         let mut table = PML4;
-        for level in [3u32, 2, 1] {
-            let e = table + ((va >> (12 + 9 * level)) & 511) * 8;
+        for l in (level + 1..=3).rev() {
+            let e = table + ((va >> (12 + 9 * l)) & 511) * 8;
             let v = self.sys.u64_at(e);
             if v & PTE_P == 0 {
                 if !create {
@@ -1571,7 +1560,7 @@ impl NativeVm {
                 table = v & PTE_ADDR;
             }
         }
-        Ok(Some(table + ((va >> 12) & 511) * 8))
+        Ok(Some(table + ((va >> (12 + 9 * level)) & 511) * 8))
     }
 
     fn set_pte(&mut self, pn: u64, f: u64, prot: u8) -> Result<(), String> {
@@ -2348,11 +2337,12 @@ impl NativeVm {
         &mut v[i]
     }
 
-    /// Copies frame `f` into the engine's page `pn` if they differ; true if they did.
-    fn copy_back(&mut self, m: &mut Machine, pn: u64, f: u64) -> bool {
+    /// Copies frame `f` into the engine's page `pn` if they differ; whether they did, or
+    /// `None` for a patched code page, which is never copied: it is not writable natively
+    /// and differs only by its patches (its dirty bit may still be set from before).
+    fn copy_back(&mut self, m: &mut Machine, pn: u64, f: u64) -> Option<bool> {
         if self.patched.contains_key(&pn) {
-            // (Not writable natively: it differs only by its patches.)
-            return false;
+            return None;
         }
         let frame = self.frame(f);
         let differs = m
@@ -2365,7 +2355,7 @@ impl NativeVm {
             self.stats.dirty_pages += 1;
             self.copied.push(pn);
         }
-        differs
+        Some(differs)
     }
 
     /// Copies back the pages KVM logged as dirty in memory slot `slot` (`pages` pages; page
@@ -2389,23 +2379,25 @@ impl NativeVm {
                 let i = bits.trailing_zeros() as u64;
                 bits &= bits - 1;
                 let calm = match page_of(self, w as u64 * 64 + i) {
-                    // A patched code page differs from the engine's only by its patches: it
-                    // is not writable natively (its bit may still be set from before).
-                    Some((pn, _)) if self.patched.contains_key(&pn) => true,
                     Some((pn, f)) => {
                         let written = self.copy_back(m, pn, f);
                         let c = self.calm_mut(f);
-                        *c = if written { 0 } else { *c + 1 };
-                        *c >= CALM_EXITS
+                        *c = match written {
+                            Some(true) => 0,
+                            Some(false) => *c + 1,
+                            None => CALM_EXITS,
+                        };
+                        let calm = *c >= CALM_EXITS;
+                        if calm {
+                            *c = 0;
+                        }
+                        calm
                     }
                     None => true,
                 };
                 if calm {
                     // Not written at the last exits (or not in use): logged again.
                     protect[w] |= 1 << i;
-                    if let Some((_, f)) = page_of(self, w as u64 * 64 + i) {
-                        *self.calm_mut(f) = 0;
-                    }
                 }
             }
         }
