@@ -376,7 +376,7 @@ fn run_native(
         let s = vm.stats;
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
-             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} bursts={} early_settles={} page_faults={} dirty_pages={} blocks={} replays={}",
+             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} bursts={} early_settles={} page_faults={} dirty_pages={} blocks={} guard_hits={} reclassified={} replays={}",
             hash.to_hex(),
             s.syscalls,
             s.kicks,
@@ -390,6 +390,8 @@ fn run_native(
             s.page_faults,
             s.dirty_pages,
             s.blocks,
+            s.guard_hits,
+            s.reclassified,
             m.native_replays
         );
     }

@@ -366,6 +366,10 @@ pub struct NativeStats {
     pub interpreted: u64,
     /// Instructions the interpreter executed (the rest ran natively).
     pub interpreted_insns: u64,
+    /// Native writes to guarded pages (see `NativeVm::guarded`).
+    pub guard_hits: u64,
+    /// Pages classified again because what they relied on changed (see `NativeVm::deps`).
+    pub reclassified: u64,
 }
 
 /// 2 MiB of guest memory (512 pages of an anonymous mapping, aligned) that the guest first
@@ -494,6 +498,31 @@ pub struct NativeVm {
     tf_by_kick: bool,
     /// Pages that run in the interpreter whatever they hold (breakpoints).
     forced: BTreeSet<u64>,
+    /// Page → classified pages whose search for observable undefined flags (`Beyond`)
+    /// followed code or read a jump slot on it: they are classified again when it changes
+    /// (its bytes, its protection, whether it runs natively). Where the host's undefined
+    /// flags differ from the model's, a multiply before a call through the PLT to `memcpy`
+    /// runs natively only because `memcpy` overwrites the flags first.
+    deps: BTreeMap<u64, BTreeSet<u64>>,
+    /// Writable pages holding a jump slot some classification followed: mapped read-only,
+    /// so that a native write to them ends the stretch before it happens (as a kick does)
+    /// and the pages that relied on them are classified again first. `rep` string
+    /// instructions, which could be cut in their middle, count as observing the flags.
+    guarded: BTreeSet<u64>,
+    /// How often each guarded page was written: after `MAX_GUARD_HITS` it is not guarded
+    /// again (its jump slots are not followed).
+    guard_hits: BTreeMap<u64, u32>,
+    /// Guarded pages written in the last stretch (see `guarded`).
+    guards_hit: Vec<u64>,
+    /// Code pages not running natively where a search stopped → the pages it classified:
+    /// classified again once the code page runs natively.
+    waiting: BTreeMap<u64, BTreeSet<u64>>,
+    /// Pages whose dependents (`deps`) must be classified again, and pages to classify
+    /// again, at the next `push`.
+    stale: Vec<u64>,
+    redo: Vec<u64>,
+    /// Times each page was classified again: beyond `MAX_REDOS` its search stays on it.
+    redos: BTreeMap<u64, u32>,
     pub stats: NativeStats,
 }
 
@@ -1145,6 +1174,14 @@ impl NativeVm {
             kick_pending: false,
             tf_by_kick: false,
             forced: BTreeSet::new(),
+            deps: BTreeMap::new(),
+            guarded: BTreeSet::new(),
+            guard_hits: BTreeMap::new(),
+            guards_hit: Vec::new(),
+            waiting: BTreeMap::new(),
+            stale: Vec::new(),
+            redo: Vec::new(),
+            redos: BTreeMap::new(),
             stats: NativeStats::default(),
         };
         v.max_groups = (v._kvm.get_nr_memslots())
@@ -1501,6 +1538,9 @@ impl NativeVm {
 
     /// Forgets the patches on page `pn` (its frame is being rewritten or freed).
     fn unpatch(&mut self, pn: u64) {
+        if self.deps.contains_key(&pn) {
+            self.stale.push(pn);
+        }
         if self.patched.remove(&pn).is_some() {
             let sites = Arc::make_mut(&mut self.trap_sites);
             let gone: Vec<u64> = sites.range(pn << 12..(pn + 1) << 12).copied().collect();
@@ -1566,7 +1606,7 @@ impl NativeVm {
     fn set_pte(&mut self, pn: u64, f: u64, prot: u8) -> Result<(), String> {
         let e = self.pte(pn << 12, true)?.expect("created");
         let mut v = Self::frame_phys(f) | PTE_P | PTE_U;
-        if prot & PROT_WRITE != 0 {
+        if prot & PROT_WRITE != 0 && !self.guarded.contains(&pn) {
             v |= PTE_RW;
         }
         let exec = prot & PROT_EXEC != 0
@@ -1695,14 +1735,37 @@ impl NativeVm {
         } else {
             PAGE_SIZE
         };
-        let divergent = !self.host_flags_match;
+        let mut followed = Followed {
+            m,
+            patched: &self.patched,
+            forced: &self.forced,
+            frame_of: &self.frame_of,
+            guard_hits: &self.guard_hits,
+            deps: BTreeSet::new(),
+            guards: BTreeSet::new(),
+            waits: BTreeSet::new(),
+        };
+        let mut nowhere = Nowhere;
+        let beyond: Option<&mut dyn Beyond> = if self.host_flags_match {
+            None
+        } else if self.redos.get(&pn).is_some_and(|&n| n >= MAX_REDOS) {
+            Some(&mut nowhere)
+        } else {
+            Some(&mut followed)
+        };
         // The phase is found (a sweep over earlier pages) only where it matters.
         let mut lead_unknown = false;
-        let classified = classify_page(&bytes[..avail], pn << 12, &seeds, divergent, || {
+        let classified = classify_page(&bytes[..avail], pn << 12, &seeds, beyond, || {
             let lead = lead_phase(m, pn, &mut self.lead_phases);
             lead_unknown = lead.is_none();
             lead
         });
+        let Followed {
+            deps,
+            guards,
+            waits,
+            ..
+        } = followed;
         let Ok(sites) = classified else {
             // Tried again with more seeds, or once the phase it needed is known.
             self.tried.insert(pn, (seeds.len(), !lead_unknown));
@@ -1731,7 +1794,65 @@ impl NativeVm {
         self.patched.insert(pn, sites);
         self.tried.remove(&pn);
         self.invalidate.push(pn << 12);
-        self.set_pte(pn, f, prot)
+        self.set_pte(pn, f, prot)?;
+        for d in deps {
+            self.deps.entry(d).or_default().insert(pn);
+        }
+        for w in waits {
+            self.waiting.entry(w).or_default().insert(pn);
+        }
+        for g in guards {
+            if self.guarded.insert(g) {
+                if let Some(&gf) = self.frame_of.get(&g) {
+                    let gprot = m.mem.vma_at(g << 12).map_or(0, |(_, v)| v.prot);
+                    self.set_pte(g, gf, gprot)?;
+                    // (Taking a permission away: see `invalidate`.)
+                    self.flush = true;
+                }
+            }
+        }
+        // Pages whose search stopped here may find more of their sites dead now.
+        if let Some(ps) = self.waiting.remove(&pn) {
+            self.redo.extend(ps);
+        }
+        Ok(())
+    }
+
+    /// Classifies again the pages in `redo` and those that relied on the pages in `stale`
+    /// (see `deps`): their patches are undone and they run in the interpreter until they
+    /// are classified again (at once where they are hot, see `heat`).
+    fn drop_stale(&mut self, m: &Machine) -> Result<(), String> {
+        let mut work = std::mem::take(&mut self.redo);
+        loop {
+            for d in std::mem::take(&mut self.stale) {
+                if let Some(ps) = self.deps.remove(&d) {
+                    work.extend(ps);
+                }
+            }
+            let Some(p) = work.pop() else {
+                return Ok(());
+            };
+            if !self.patched.contains_key(&p) {
+                continue;
+            }
+            let Some(&f) = self.frame_of.get(&p) else {
+                self.unpatch(p);
+                continue;
+            };
+            match m.mem.pages.get(p) {
+                Some(page) => self.frame_mut(f).copy_from_slice(page.data()),
+                None => self.frame_mut(f).fill(0),
+            }
+            self.unpatch(p);
+            self.tried.remove(&p);
+            *self.redos.entry(p).or_default() += 1;
+            self.stats.reclassified += 1;
+            let prot = m.mem.vma_at(p << 12).map_or(0, |(_, v)| v.prot);
+            if prot != 0 {
+                self.set_pte(p, f, prot)?;
+            }
+            self.flush = true;
+        }
     }
 
     /// Makes the VM forget every translation it derived from our page tables. Reloading CR3
@@ -1757,7 +1878,35 @@ impl NativeVm {
 
     /// Makes the VM reflect the engine: mappings, pages changed by the interpreter, registers.
     fn push(&mut self, m: &mut Machine) -> Result<(), String> {
+        // Guarded pages the guest is about to write: they are writable from now on, and
+        // what relied on their jump slots is classified again (see `guarded`).
+        for g in std::mem::take(&mut self.guards_hit) {
+            if self.guarded.remove(&g) {
+                self.stats.guard_hits += 1;
+                *self.guard_hits.entry(g).or_default() += 1;
+                self.stale.push(g);
+                if let Some(&f) = self.frame_of.get(&g) {
+                    let prot = m.mem.vma_at(g << 12).map_or(0, |(_, v)| v.prot);
+                    self.set_pte(g, f, prot)?;
+                    self.invalidate.push(g << 12);
+                }
+            }
+        }
         if m.mem.vmas != self.mirror_vmas {
+            // Pages relied upon whose protection changed.
+            let prot_of = |v: &BTreeMap<u64, Vma>, pn: u64| {
+                v.range(..=pn << 12)
+                    .next_back()
+                    .filter(|(_, v)| v.end > pn << 12)
+                    .map_or(0, |(_, v)| v.prot)
+            };
+            let moved: Vec<u64> = self
+                .deps
+                .keys()
+                .copied()
+                .filter(|&d| prot_of(&m.mem.vmas, d) != prot_of(&self.mirror_vmas, d))
+                .collect();
+            self.stale.extend(moved);
             // Tables are rebuilt with small pages: blocks are logged from now on (those the
             // guest wrote were copied and logged at the last exit already).
             for g in 0..self.groups.len() {
@@ -1788,6 +1937,9 @@ impl NativeVm {
             .pages
             .diff_since(&self.mirror, |pn, p| changed.push((pn, p.cloned())));
         for (pn, page) in changed {
+            if self.deps.contains_key(&pn) {
+                self.stale.push(pn);
+            }
             if m.mem
                 .vma_at(pn << 12)
                 .is_some_and(|(_, v)| v.prot & PROT_EXEC != 0)
@@ -1821,6 +1973,7 @@ impl NativeVm {
             }
         }
         self.mirror = m.mem.pages.clone();
+        self.drop_stale(m)?;
 
         if (m.cpu.fs_base, m.cpu.gs_base) != (self.fs_base, self.gs_base) {
             self.set_msrs(&[(MSR_FS_BASE, m.cpu.fs_base), (MSR_GS_BASE, m.cpu.gs_base)])?;
@@ -2066,6 +2219,20 @@ impl NativeVm {
             let mut interpret = false;
             let mut kick = false;
             let resume = match vector {
+                14 if err & 3 == 3 && {
+                    let cr2 = self.vcpu.get_sregs().map_err(sys_err("get_sregs"))?.cr2;
+                    self.guarded.contains(&(cr2 >> 12)) && {
+                        self.guards_hit.push(cr2 >> 12);
+                        true
+                    }
+                } =>
+                {
+                    // A write to a guarded page: the stretch ends before it, as at a kick
+                    // (the write's instruction has not run), unless a kick could not end
+                    // it there; then the interpreter executes it (see `guarded`).
+                    kick = rip < 1 << 47 && self.kick_allowed_at(rip);
+                    false
+                }
                 14 => {
                     let cr2 = self.vcpu.get_sregs().map_err(sys_err("get_sregs"))?.cr2;
                     interpret = err & 16 != 0 && self.interp_pages.contains(&(cr2 >> 12));
@@ -2443,6 +2610,7 @@ impl NativeVm {
         let changed: Vec<u64> = new.symmetric_difference(&self.forced).copied().collect();
         self.forced = new;
         for pn in changed {
+            self.stale.push(pn);
             if let Some(&f) = self.frame_of.get(&pn) {
                 let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
                 if prot != 0 {
@@ -2452,7 +2620,7 @@ impl NativeVm {
             self.tried.remove(&pn);
         }
         self.flush = true;
-        Ok(())
+        self.drop_stale(m)
     }
 
     /// Counts an in-place execution; true if they came too fast over the last window (see
@@ -2866,7 +3034,7 @@ fn classify_page(
     bytes: &[u8],
     base: u64,
     seeds: &[u64],
-    divergent: bool,
+    divergent: Option<&mut dyn Beyond>,
     lead: impl FnOnce() -> Option<usize>,
 ) -> Result<Vec<u16>, String> {
     use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
@@ -2954,11 +3122,12 @@ fn classify_page(
         // instruction we would have to find.
         let tail_only = first < 16
             && (0..first).all(|o| {
-                decode(o)
-                    .is_none_or(|i| !model_specific(&i) && (!divergent || divergent_flags(&i) == 0))
+                decode(o).is_none_or(|i| {
+                    !model_specific(&i) && (divergent.is_none() || divergent_flags(&i) == 0)
+                })
             });
         let patchable =
-            |i: &Instruction| model_specific(i) || (divergent && divergent_flags(i) != 0);
+            |i: &Instruction| model_specific(i) || (divergent.is_some() && divergent_flags(i) != 0);
         // For each offset before `first`: whether a linear decoding from it lands exactly on
         // `first` (`None` if not), and whether it passes an instruction that would be
         // patched. Decodings from nearby offsets merge after a few instructions, so each
@@ -3029,12 +3198,12 @@ fn classify_page(
     if let Some(c) = (0..PAGE_SIZE).find(|&c| !start[c] && !inside[c]) {
         return Err(format!("uncovered {c:#x}"));
     }
-    if divergent {
+    if let Some(beyond) = divergent {
         let insns: BTreeMap<usize, Instruction> = (0..PAGE_SIZE)
             .filter(|&o| start[o])
             .filter_map(|o| decode(o).map(|i| (o, i)))
             .collect();
-        sites.extend(live_divergent(&insns, base));
+        sites.extend(live_divergent(&insns, base, beyond));
     }
     sites.sort_unstable();
     sites.dedup();
@@ -3280,46 +3449,152 @@ fn flags_killed(ins: &iced_x86::Instruction) -> u32 {
     ins.rflags_modified()
 }
 
+/// Code beyond the page being classified, as the search for observable undefined flags
+/// (`live_divergent`) may follow it: into a callee on another page, through a jump slot.
+pub(crate) trait Beyond {
+    /// The instruction at `va` (off the page) if it runs natively as decoded and may be
+    /// relied upon until the page is classified again; `None` where execution would leave
+    /// the VM or could change unseen.
+    fn insn(&mut self, va: u64) -> Option<iced_x86::Instruction>;
+    /// The jump target held by the 8 bytes at `va`, under the same conditions.
+    fn slot(&mut self, va: u64) -> Option<u64>;
+}
+
+/// What a classification may follow beyond its page (see `Beyond`): code on pages that run
+/// natively, and jump slots on pages that cannot change unseen (not writable, or guarded).
+/// Collects what it relied upon (see `NativeVm::deps`).
+struct Followed<'a> {
+    m: &'a Machine,
+    patched: &'a BTreeMap<u64, Vec<u16>>,
+    forced: &'a BTreeSet<u64>,
+    frame_of: &'a BTreeMap<u64, u64>,
+    guard_hits: &'a BTreeMap<u64, u32>,
+    deps: BTreeSet<u64>,
+    guards: BTreeSet<u64>,
+    waits: BTreeSet<u64>,
+}
+
+impl Beyond for Followed<'_> {
+    fn insn(&mut self, va: u64) -> Option<iced_x86::Instruction> {
+        let pn = va >> 12;
+        let prot = self.m.mem.vma_at(va).map_or(0, |(_, v)| v.prot);
+        if prot & PROT_EXEC == 0 || prot & PROT_WRITE != 0 || self.forced.contains(&pn) {
+            return None;
+        }
+        let Some(sites) = self.patched.get(&pn) else {
+            // Not classified yet (perhaps not hot yet).
+            self.waits.insert(pn);
+            return None;
+        };
+        let page = self.m.mem.pages.get(pn)?;
+        let off = (va & 0xfff) as usize;
+        // (An instruction that runs into the next page does not decode from these bytes.)
+        let ins = iced_x86::Decoder::with_ip(64, &page.data()[off..], va, 0).decode();
+        let end = off + ins.len();
+        if ins.is_invalid() || sites.iter().any(|&s| (off..end).contains(&(s as usize))) {
+            return None;
+        }
+        self.deps.insert(pn);
+        Some(ins)
+    }
+
+    fn slot(&mut self, va: u64) -> Option<u64> {
+        let (pn, off) = (va >> 12, (va & 0xfff) as usize);
+        let prot = self.m.mem.vma_at(va).map_or(0, |(_, v)| v.prot);
+        if off > PAGE_SIZE - 8 || prot & PROT_READ == 0 {
+            return None;
+        }
+        // (A page holding data is never part of a block, which is mapped as a whole.)
+        let page = self.m.mem.pages.get(pn)?;
+        if prot & PROT_WRITE != 0 {
+            if self
+                .guard_hits
+                .get(&pn)
+                .is_some_and(|&n| n >= MAX_GUARD_HITS)
+                || self.frame_of.get(&pn).is_some_and(|&f| f >= BLOCK_FRAME0)
+            {
+                return None;
+            }
+            self.guards.insert(pn);
+        }
+        self.deps.insert(pn);
+        Some(u64::from_le_bytes(
+            page.data()[off..off + 8].try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+/// Writes to a guarded page after which its jump slots are no longer followed.
+const MAX_GUARD_HITS: u32 = 4;
+
+/// Times a page is classified again before its search stays on the page.
+const MAX_REDOS: u32 = 16;
+
+/// Nothing beyond the page may be followed.
+pub(crate) struct Nowhere;
+
+impl Beyond for Nowhere {
+    fn insn(&mut self, _va: u64) -> Option<iced_x86::Instruction> {
+        None
+    }
+    fn slot(&mut self, _va: u64) -> Option<u64> {
+        None
+    }
+}
+
+/// Calls a walk for live flags follows, one inside another.
+const MAX_CALL_DEPTH: usize = 2;
+
 /// Offsets of the instructions on a page whose host-specific undefined flags (see
 /// `divergent_flags`) might be seen: read by a later instruction, or present when execution
-/// leaves the VM (syscalls, instructions that are interpreted, code outside this page, and
-/// calls and returns, which the analysis does not follow). These are interpreted, so every
-/// flag the guest can observe has the model's value on any host; where a later instruction
-/// overwrites the flags first, the native instruction runs as is.
-fn live_divergent(insns: &BTreeMap<usize, iced_x86::Instruction>, base: u64) -> Vec<u16> {
+/// leaves the VM (syscalls, instructions that are interpreted, code that does not run
+/// natively, returns to unknown callers, and jumps and calls that `beyond` does not let the
+/// walk follow). These are interpreted, so every flag the guest can observe has the model's
+/// value on any host; where a later instruction overwrites the flags first, the native
+/// instruction runs as is.
+fn live_divergent(
+    insns: &BTreeMap<usize, iced_x86::Instruction>,
+    base: u64,
+    beyond: &mut dyn Beyond,
+) -> Vec<u16> {
     use iced_x86::{FlowControl, Mnemonic as M};
-    // Every branch target inside the page was decoded by `classify_page`.
-    let decode_at = |off: usize| insns.get(&off).copied();
     let candidates: Vec<usize> = insns
         .iter()
         .filter(|(_, i)| divergent_flags(i) != 0)
         .map(|(&o, _)| o)
         .collect();
     let mut live = BTreeSet::new();
-    // Is a divergent flag set at `end`, pending `mask`, observable? A direct call to this
-    // page is followed (the SysV ABI passes nothing in flags, but the callee might leave
-    // the VM before it writes them), its returns lead back to the call's successor.
-    let observable = |live: &BTreeSet<usize>, end: usize, mask: u32| -> bool {
-        let mut work = vec![(end, mask, None::<usize>)];
+    let on_page = |va: u64| (va >> 12 == base >> 12).then(|| (va - base) as usize);
+    // Is a divergent flag set at `end`, pending `mask`, observable? Calls are followed (the
+    // SysV ABI passes nothing in flags, but the callee might leave the VM before it writes
+    // them); their returns lead back to the call's successor.
+    let mut observable = |live: &BTreeSet<usize>, end: u64, mask: u32| -> bool {
+        let mut work = vec![(end, mask, Vec::<u64>::new())];
         let mut seen = BTreeSet::new();
         let mut budget = 512;
-        while let Some((off, pending, ret)) = work.pop() {
-            if !seen.insert((off, pending, ret)) {
+        while let Some((va, pending, rets)) = work.pop() {
+            if !seen.insert((va, pending, rets.clone())) {
                 continue;
             }
             budget -= 1;
-            if budget == 0 || off >= PAGE_SIZE {
+            if budget == 0 {
                 return true;
             }
-            let Some(ins) = decode_at(off) else {
-                return true;
+            let ins = match on_page(va) {
+                Some(off) => match insns.get(&off) {
+                    Some(i) if !live.contains(&off) && off + i.len() <= PAGE_SIZE => *i,
+                    _ => return true,
+                },
+                None => match beyond.insn(va) {
+                    Some(i) => i,
+                    None => return true,
+                },
             };
-            let end = off + ins.len();
+            // (A `rep` string instruction may leave the VM in its middle: see `guarded`.)
             if ins.rflags_read() & pending != 0
-                || live.contains(&off)
                 || model_specific(&ins)
                 || matches!(ins.mnemonic(), M::Syscall | M::Div | M::Idiv)
-                || end > PAGE_SIZE
+                || NativeVm::rep_string(&ins)
             {
                 return true;
             }
@@ -3327,18 +3602,38 @@ fn live_divergent(insns: &BTreeMap<usize, iced_x86::Instruction>, base: u64) -> 
             if pending == 0 {
                 continue;
             }
-            let target = ins.near_branch_target();
-            let in_page = (target >> 12 == base >> 12).then(|| (target - base) as usize);
-            match (ins.flow_control(), in_page) {
-                (FlowControl::Next, _) => work.push((end, pending, ret)),
-                (FlowControl::UnconditionalBranch, Some(t)) => work.push((t, pending, ret)),
-                (FlowControl::ConditionalBranch, Some(t)) => {
-                    work.push((t, pending, ret));
-                    work.push((end, pending, ret));
+            let end = ins.next_ip();
+            // Where a direct branch or a jump slot (`jmp`/`call [rip + disp]`) leads.
+            let target = match ins.flow_control() {
+                FlowControl::IndirectBranch | FlowControl::IndirectCall => {
+                    if !ins.is_ip_rel_memory_operand() || ins.memory_size().size() != 8 {
+                        return true;
+                    }
+                    match beyond.slot(ins.ip_rel_memory_address()) {
+                        Some(t) => t,
+                        None => return true,
+                    }
                 }
-                (FlowControl::Call, Some(t)) if ret.is_none() => work.push((t, pending, Some(end))),
-                (FlowControl::Return, _) if ret.is_some() && ins.op_count() == 0 => {
-                    work.push((ret.expect("checked"), pending, None))
+                _ => ins.near_branch_target(),
+            };
+            match ins.flow_control() {
+                FlowControl::Next => work.push((end, pending, rets)),
+                FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => {
+                    work.push((target, pending, rets))
+                }
+                FlowControl::ConditionalBranch => {
+                    work.push((target, pending, rets.clone()));
+                    work.push((end, pending, rets));
+                }
+                FlowControl::Call | FlowControl::IndirectCall if rets.len() < MAX_CALL_DEPTH => {
+                    let mut inner = rets;
+                    inner.push(end);
+                    work.push((target, pending, inner))
+                }
+                FlowControl::Return if !rets.is_empty() && ins.op_count() == 0 => {
+                    let mut outer = rets;
+                    let back = outer.pop().expect("checked");
+                    work.push((back, pending, outer))
                 }
                 _ => return true,
             }
@@ -3352,7 +3647,7 @@ fn live_divergent(insns: &BTreeMap<usize, iced_x86::Instruction>, base: u64) -> 
                 continue;
             }
             let ins = &insns[&o];
-            if observable(&live, o + ins.len(), divergent_flags(ins)) {
+            if observable(&live, base + (o + ins.len()) as u64, divergent_flags(ins)) {
                 live.insert(o);
                 changed = true;
             }
@@ -3413,7 +3708,8 @@ mod tests {
     fn classify_finds_model_specific_sites() {
         // xor eax,eax; cpuid; rdtsc; ret
         let p = page(&[0x31, 0xc0, 0x0f, 0xa2, 0x0f, 0x31, 0xc3]);
-        let sites = classify_page(&p, BASE, &[BASE + 0x100], true, || None).expect("classified");
+        let sites = classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None)
+            .expect("classified");
         assert_eq!(sites, vec![0x102, 0x104]);
     }
 
@@ -3434,8 +3730,8 @@ mod tests {
         // real is unknown, and patching offset 0 could break a real instruction (python3.11
         // crashed so, natively). The page stays interpreted.
         let p = cpuid_or_moffs_lead();
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], true, || None).is_err());
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], false, || None).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], None, || None).is_err());
     }
 
     #[test]
@@ -3444,18 +3740,18 @@ mod tests {
         // real and patched; from offset 1 there is no cpuid.
         let mut p = cpuid_or_moffs_lead();
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], false, || Some(0)),
+            classify_page(&p, BASE, &[BASE + 0x100], None, || Some(0)),
             Ok(vec![0])
         );
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], false, || Some(1)),
+            classify_page(&p, BASE, &[BASE + 0x100], None, || Some(1)),
             Ok(vec![])
         );
         // A phase that does not lead to the first known instruction is refused.
         p[10] = 0x0f;
         p[11] = 0x0b;
         p[12] = 0x0f;
-        assert!(classify_page(&p, BASE, &[BASE + 11], false, || Some(1)).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 11], None, || Some(1)).is_err());
     }
 
     #[test]
@@ -3470,7 +3766,7 @@ mod tests {
             None
         };
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, lead),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), lead),
             Ok(vec![])
         );
         assert!(!asked.get());
@@ -3481,7 +3777,7 @@ mod tests {
             Some(0)
         };
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], false, lead),
+            classify_page(&p, BASE, &[BASE + 0x100], None, lead),
             Ok(vec![0])
         );
         assert!(asked.get());
@@ -3511,7 +3807,7 @@ mod tests {
         // je 1f; lock; 1: cmpxchg [rdi],ecx; ret
         let p = page(&[0x74, 0x01, 0xf0, 0x0f, 0xb1, 0x0f, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![])
         );
     }
@@ -3520,11 +3816,11 @@ mod tests {
     fn classify_rejects_overlapping_or_invalid_decodings() {
         // jmp into the middle of a cpuid: the two decodings disagree.
         let p = page(&[0xeb, 0x01, 0x0f, 0xa2, 0xc3]);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], true, || None).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None).is_err());
         // Bytes that do not decode cannot be vouched for.
         let p = page(&[0x90, 0x06, 0xc3]);
-        assert!(classify_page(&p, BASE, &[BASE + 0x100], true, || None).is_err());
-        assert!(classify_page(&page(&[0xc3]), BASE, &[], true, || None).is_err());
+        assert!(classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None).is_err());
+        assert!(classify_page(&page(&[0xc3]), BASE, &[], Some(&mut Nowhere), || None).is_err());
     }
 
     #[test]
@@ -3532,24 +3828,24 @@ mod tests {
         // imul rax,rbx; pushfq; ret: the flags are read (pushfq): interpreted.
         let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x9c, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![0x100])
         );
         // Not with a host that agrees with the model.
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], false, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], None, || None),
             Ok(vec![])
         );
         // imul rax,rbx; add rax,1; ret: overwritten first, so it runs natively.
         let p = page(&[0x48, 0x0f, 0xaf, 0xc3, 0x48, 0x83, 0xc0, 0x01, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![])
         );
         // shr rax,cl; syscall: the kernel entry saves RFLAGS in R11.
         let p = page(&[0x48, 0xd3, 0xe8, 0x0f, 0x05, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![0x100])
         );
         // shl rax,3; shr rdx,cl; cmp rax,rdx; ret: a shift by CL may not write the flags,
@@ -3558,7 +3854,7 @@ mod tests {
             0x48, 0xc1, 0xe0, 0x03, 0x48, 0xd3, 0xea, 0x48, 0x39, 0xd0, 0xc3,
         ]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![])
         );
         // sar rax,1; call f; ret; f: cmp rax,1; ret: the callee overwrites them first.
@@ -3566,15 +3862,83 @@ mod tests {
             0x48, 0xd1, 0xf8, 0xe8, 0x01, 0x00, 0x00, 0x00, 0xc3, 0x48, 0x83, 0xf8, 0x01, 0xc3,
         ]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![])
         );
         // mul rbx; ret: the caller is unknown.
         let p = page(&[0x48, 0xf7, 0xe3, 0xc3]);
         assert_eq!(
-            classify_page(&p, BASE, &[BASE + 0x100], true, || None),
+            classify_page(&p, BASE, &[BASE + 0x100], Some(&mut Nowhere), || None),
             Ok(vec![0x100])
         );
+    }
+
+    /// Code and jump slots off the page being classified.
+    #[derive(Default)]
+    struct Elsewhere {
+        code: BTreeMap<u64, Vec<u8>>,
+        slots: BTreeMap<u64, u64>,
+    }
+
+    impl Beyond for Elsewhere {
+        fn insn(&mut self, va: u64) -> Option<iced_x86::Instruction> {
+            let (&at, bytes) = self.code.range(..=va).next_back()?;
+            let ins =
+                iced_x86::Decoder::with_ip(64, bytes.get((va - at) as usize..)?, va, 0).decode();
+            (!ins.is_invalid()).then_some(ins)
+        }
+        fn slot(&mut self, va: u64) -> Option<u64> {
+            self.slots.get(&va).copied()
+        }
+    }
+
+    #[test]
+    fn undefined_flags_are_followed_beyond_the_page() {
+        const F: u64 = 0x80_0000;
+        let classify = |p: &[u8], beyond: &mut Elsewhere| {
+            classify_page(p, BASE, &[BASE + 0x100], Some(beyond), || None)
+        };
+        let with = |code: &[u8]| Elsewhere {
+            code: [(F, code.to_vec())].into(),
+            slots: [(0x60_0000, F)].into(),
+        };
+        // imul rax,rbx; call F; ret
+        let call = page(&[0x48, 0x0f, 0xaf, 0xc3, 0xe8, 0xf7, 0xfe, 0x3f, 0x00, 0xc3]);
+        // F: cmp rax,1; ret: overwritten before anyone looks.
+        assert_eq!(
+            classify(&call, &mut with(&[0x48, 0x83, 0xf8, 0x01, 0xc3])),
+            Ok(vec![])
+        );
+        // F: pushfq; ret: read.
+        assert_eq!(classify(&call, &mut with(&[0x9c, 0xc3])), Ok(vec![0x100]));
+        // F: rep movsb; cmp rax,1; ret: a `rep` string instruction may leave the VM midway.
+        assert_eq!(
+            classify(
+                &call,
+                &mut with(&[0xf3, 0xa4, 0x48, 0x83, 0xf8, 0x01, 0xc3])
+            ),
+            Ok(vec![0x100])
+        );
+        // F: ret: back to the caller, which returns to an unknown one.
+        assert_eq!(classify(&call, &mut with(&[0xc3])), Ok(vec![0x100]));
+        // F: add rax,1; ret to the caller; it: ret (pending flags killed in the callee).
+        assert_eq!(
+            classify(&call, &mut with(&[0x48, 0x83, 0xc0, 0x01, 0xc3])),
+            Ok(vec![])
+        );
+        // Code that may not be followed (it does not run natively).
+        assert_eq!(classify(&call, &mut Elsewhere::default()), Ok(vec![0x100]));
+        // imul rax,rbx; jmp [rip + 0x1ffef6] (the slot at 0x600000 holds F).
+        let jump = page(&[0x48, 0x0f, 0xaf, 0xc3, 0xff, 0x25, 0xf6, 0xfe, 0x1f, 0x00]);
+        assert_eq!(
+            classify(&jump, &mut with(&[0x48, 0x83, 0xf8, 0x01, 0xc3])),
+            Ok(vec![])
+        );
+        assert_eq!(classify(&jump, &mut with(&[0x9c, 0xc3])), Ok(vec![0x100]));
+        // A slot that may not be relied upon.
+        let mut no_slot = with(&[0x48, 0x83, 0xf8, 0x01, 0xc3]);
+        no_slot.slots.clear();
+        assert_eq!(classify(&jump, &mut no_slot), Ok(vec![0x100]));
     }
 
     #[test]
