@@ -523,6 +523,8 @@ pub struct NativeVm {
     redo: Vec<u64>,
     /// Times each page was classified again: beyond `MAX_REDOS` its search stays on it.
     redos: BTreeMap<u64, u32>,
+    /// Pages that may still be classified before they run (see `classify_from`).
+    eager_budget: u32,
     pub stats: NativeStats,
 }
 
@@ -1182,6 +1184,7 @@ impl NativeVm {
             stale: Vec::new(),
             redo: Vec::new(),
             redos: BTreeMap::new(),
+            eager_budget: 4096,
             stats: NativeStats::default(),
         };
         v.max_groups = (v._kvm.get_nr_memslots())
@@ -1701,6 +1704,26 @@ impl NativeVm {
     /// model-specific instruction: the real ones are patched to an invalid opcode in the frame (the
     /// engine's copy keeps the original bytes), so they leave the VM and are interpreted.
     fn try_native(&mut self, m: &Machine, pn: u64) -> Result<(), String> {
+        self.classify_from(m, pn, None)
+    }
+
+    /// `try_native`, also for a page not run yet when `entry` says where execution would
+    /// enter it: a search for observable flags stopped there (see `Beyond`), typically at an
+    /// error path that is rarely taken. Classified at once (cold), such a page lets the
+    /// search go on into it; it runs natively if it is ever entered.
+    fn classify_from(&mut self, m: &Machine, pn: u64, entry: Option<u64>) -> Result<(), String> {
+        if entry.is_some() && !self.frame_of.contains_key(&pn) {
+            let prot = m.mem.vma_at(pn << 12).map_or(0, |(_, v)| v.prot);
+            let Some(page) = m.mem.pages.get(pn) else {
+                return Ok(());
+            };
+            if prot & PROT_EXEC == 0 || prot & PROT_WRITE != 0 {
+                return Ok(());
+            }
+            let f = self.new_frame(pn)?;
+            self.frame_mut(f).copy_from_slice(page.data());
+            self.set_pte(pn, f, prot)?;
+        }
         let Some(&f) = self.frame_of.get(&pn) else {
             return Ok(());
         };
@@ -1714,7 +1737,10 @@ impl NativeVm {
         if prot & PROT_EXEC == 0 || prot & PROT_WRITE != 0 {
             return Ok(());
         }
-        let seeds = m.block_starts_on(pn);
+        let mut seeds = m.block_starts_on(pn);
+        if let Some(e) = entry.filter(|e| !seeds.contains(e)) {
+            seeds.push(e);
+        }
         if self.tried.get(&pn).is_some_and(|&(n, known)| {
             n >= seeds.len() && (known || lead_phase(m, pn, &mut self.lead_phases).is_none())
         }) {
@@ -1743,7 +1769,7 @@ impl NativeVm {
             guard_hits: &self.guard_hits,
             deps: BTreeSet::new(),
             guards: BTreeSet::new(),
-            waits: BTreeSet::new(),
+            waits: BTreeMap::new(),
         };
         let mut nowhere = Nowhere;
         let beyond: Option<&mut dyn Beyond> = if self.host_flags_match {
@@ -1798,7 +1824,7 @@ impl NativeVm {
         for d in deps {
             self.deps.entry(d).or_default().insert(pn);
         }
-        for w in waits {
+        for &w in waits.keys() {
             self.waiting.entry(w).or_default().insert(pn);
         }
         for g in guards {
@@ -1814,6 +1840,14 @@ impl NativeVm {
         // Pages whose search stopped here may find more of their sites dead now.
         if let Some(ps) = self.waiting.remove(&pn) {
             self.redo.extend(ps);
+        }
+        if entry.is_none() {
+            for (q, va) in waits {
+                if self.eager_budget > 0 && !self.patched.contains_key(&q) {
+                    self.eager_budget -= 1;
+                    self.classify_from(m, q, Some(va))?;
+                }
+            }
         }
         Ok(())
     }
@@ -3471,7 +3505,8 @@ struct Followed<'a> {
     guard_hits: &'a BTreeMap<u64, u32>,
     deps: BTreeSet<u64>,
     guards: BTreeSet<u64>,
-    waits: BTreeSet<u64>,
+    /// Code pages not running natively where the search stopped, and where it entered them.
+    waits: BTreeMap<u64, u64>,
 }
 
 impl Beyond for Followed<'_> {
@@ -3483,7 +3518,7 @@ impl Beyond for Followed<'_> {
         }
         let Some(sites) = self.patched.get(&pn) else {
             // Not classified yet (perhaps not hot yet).
-            self.waits.insert(pn);
+            self.waits.entry(pn).or_insert(va);
             return None;
         };
         let page = self.m.mem.pages.get(pn)?;
