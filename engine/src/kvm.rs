@@ -1184,7 +1184,7 @@ impl NativeVm {
             stale: Vec::new(),
             redo: Vec::new(),
             redos: BTreeMap::new(),
-            eager_budget: 4096,
+            eager_budget: 1024,
             stats: NativeStats::default(),
         };
         v.max_groups = (v._kvm.get_nr_memslots())
