@@ -505,15 +505,20 @@ pub struct NativeVm {
     /// runs natively only because `memcpy` overwrites the flags first.
     deps: BTreeMap<u64, BTreeSet<u64>>,
     /// Writable pages holding a jump slot some classification followed: mapped read-only,
-    /// so that a native write to them ends the stretch before it happens (as a kick does)
-    /// and the pages that relied on them are classified again first. `rep` string
-    /// instructions, which could be cut in their middle, count as observing the flags.
+    /// so that a native write to them ends the stretch before it happens (as a kick does;
+    /// after it, for an instruction a kick cannot stop at: see `step_over`) and the pages
+    /// that relied on them are classified again first.
     guarded: BTreeSet<u64>,
     /// How often each guarded page was written: after `MAX_GUARD_HITS` it is not guarded
     /// again (its jump slots are not followed).
     guard_hits: BTreeMap<u64, u32>,
     /// Guarded pages written in the last stretch (see `guarded`).
     guards_hit: Vec<u64>,
+    /// A write to a guarded page by an instruction a kick could not end the stretch before
+    /// (a `rep` string instruction, which may be in its middle): the page is made writable
+    /// and the byte after the instruction is patched, so that the stretch ends right after
+    /// it (address, frame, byte the patch replaced).
+    step_over: Option<(u64, u64, u8)>,
     /// Code pages not running natively where a search stopped → the pages it classified:
     /// classified again once the code page runs natively.
     waiting: BTreeMap<u64, BTreeSet<u64>>,
@@ -1180,6 +1185,7 @@ impl NativeVm {
             guarded: BTreeSet::new(),
             guard_hits: BTreeMap::new(),
             guards_hit: Vec::new(),
+            step_over: None,
             waiting: BTreeMap::new(),
             stale: Vec::new(),
             redo: Vec::new(),
@@ -2171,6 +2177,15 @@ impl NativeVm {
     }
 
     fn enter(&mut self, m: &mut Machine) -> Result<Event, String> {
+        let ev = self.enter_inner(m);
+        // (Whatever ended the stretch, the patch after a write to a guarded page goes.)
+        if let Some((va, f, b)) = self.step_over.take() {
+            self.frame_mut(f)[(va & 0xfff) as usize] = b;
+        }
+        ev
+    }
+
+    fn enter_inner(&mut self, m: &mut Machine) -> Result<Event, String> {
         // In-place executions in this stretch (see `burst_armed`).
         let mut emulated_here = 0u32;
         loop {
@@ -2252,23 +2267,34 @@ impl NativeVm {
             );
             let mut interpret = false;
             let mut kick = false;
+            let cr2 = if vector == 14 {
+                self.vcpu.get_sregs().map_err(sys_err("get_sregs"))?.cr2
+            } else {
+                0
+            };
             let resume = match vector {
-                14 if err & 3 == 3 && {
-                    let cr2 = self.vcpu.get_sregs().map_err(sys_err("get_sregs"))?.cr2;
-                    self.guarded.contains(&(cr2 >> 12)) && {
-                        self.guards_hit.push(cr2 >> 12);
+                14 if err & 3 == 3 && self.guarded.contains(&(cr2 >> 12)) => {
+                    let g = cr2 >> 12;
+                    if rip < 1 << 47 && self.kick_allowed_at(rip) {
+                        // A write to a guarded page: the stretch ends before it, as at a
+                        // kick (the write's instruction has not run; see `guarded`).
+                        self.guards_hit.push(g);
+                        kick = true;
+                        false
+                    } else {
+                        // It may be in its middle: it completes natively, and the stretch
+                        // ends right after it (see `step_over`).
+                        self.step_over_write(m, rip, g)?;
                         true
                     }
-                } =>
-                {
-                    // A write to a guarded page: the stretch ends before it, as at a kick
-                    // (the write's instruction has not run), unless a kick could not end
-                    // it there; then the interpreter executes it (see `guarded`).
-                    kick = rip < 1 << 47 && self.kick_allowed_at(rip);
+                }
+                6 if self.step_over.is_some_and(|(va, _, _)| va == rip) => {
+                    let (_, f, b) = self.step_over.take().expect("checked");
+                    self.frame_mut(f)[(rip & 0xfff) as usize] = b;
+                    kick = true;
                     false
                 }
                 14 => {
-                    let cr2 = self.vcpu.get_sregs().map_err(sys_err("get_sregs"))?.cr2;
                     interpret = err & 16 != 0 && self.interp_pages.contains(&(cr2 >> 12));
                     let mapped = !interpret && self.demand_map(m, cr2, err)?;
                     if mapped {
@@ -2363,6 +2389,36 @@ impl NativeVm {
                 rsp,
             });
         }
+    }
+
+    /// After a write to guarded page `g` by the instruction at `rip` that a kick could not
+    /// end the stretch before: `g` becomes writable (what relied on it is classified again
+    /// at the next `push`), and the byte after the instruction is patched to an invalid
+    /// opcode, so that the stretch ends at the next instruction boundary, as at a kick. (If
+    /// that byte is on a page that does not run natively, the stretch ends there anyway.)
+    fn step_over_write(&mut self, m: &Machine, rip: u64, g: u64) -> Result<(), String> {
+        self.guarded.remove(&g);
+        self.stats.guard_hits += 1;
+        *self.guard_hits.entry(g).or_default() += 1;
+        self.stale.push(g);
+        if let Some(&f) = self.frame_of.get(&g) {
+            let prot = m.mem.vma_at(g << 12).map_or(0, |(_, v)| v.prot);
+            self.set_pte(g, f, prot)?;
+        }
+        if self.step_over.is_some() {
+            return Ok(());
+        }
+        let next = self.decode_at(rip).next_ip();
+        let npn = next >> 12;
+        if let Some(&f) = self.frame_of.get(&npn) {
+            if self.patched.contains_key(&npn) && !self.interp_pages.contains(&npn) {
+                let off = (next & 0xfff) as usize;
+                let b = self.frame(f)[off];
+                self.frame_mut(f)[off] = 0x06;
+                self.step_over = Some((next, f, b));
+            }
+        }
+        Ok(())
     }
 
     /// Executes a register-only instruction that was patched out (see `inline_sites`) with
