@@ -252,8 +252,8 @@ fn a_changed_jump_slot_is_followed_again_and_hot_sites_run_in_bursts() {
         return;
     }
     // A multiply calls through a function pointer with its flags pending: into code that
-    // overwrites them, then (after a native store to the pointer, guarded, and a write by
-    // the kernel) into code that reads them. The pages that relied on the pointer are
+    // overwrites them, then (after native writes to the pointer, guarded, by a store and by
+    // `rep movsb`, and a write by the kernel) into code that reads them. The pages that relied on the pointer are
     // classified again; where the flags are read, the multiply runs in the interpreter, in
     // bursts when hot. The answers are the interpreter's (they differ from a native run's on
     // a CPU whose undefined flags differ from the model's).
