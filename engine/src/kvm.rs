@@ -512,6 +512,9 @@ pub struct NativeVm {
     /// How often each guarded page was written: after `MAX_GUARD_HITS` it is not guarded
     /// again (its jump slots are not followed).
     guard_hits: BTreeMap<u64, u32>,
+    /// The FPU/SSE image the VM holds (as `Machine::fx_image` gives it), if known: `push`
+    /// sets it only when the engine's differs.
+    fx_in_vm: Option<[u8; 512]>,
     /// Guarded pages written in the last stretch (see `guarded`).
     guards_hit: Vec<u64>,
     /// A write to a guarded page by an instruction a kick could not end the stretch before
@@ -1185,6 +1188,7 @@ impl NativeVm {
             guarded: BTreeSet::new(),
             guard_hits: BTreeMap::new(),
             guards_hit: Vec::new(),
+            fx_in_vm: None,
             step_over: None,
             waiting: BTreeMap::new(),
             stale: Vec::new(),
@@ -2020,15 +2024,19 @@ impl NativeVm {
             self.fs_base = m.cpu.fs_base;
             self.gs_base = m.cpu.gs_base;
         }
-        // FPU/SSE state as an XSAVE image (standard format: x87 and SSE components only).
+        // FPU/SSE state as an XSAVE image (standard format: x87 and SSE components only),
+        // unless the VM holds it already (most syscalls leave it alone).
         let img = m.fx_image();
-        let mut xs = kvm_xsave::default();
-        for (i, w) in img.chunks_exact(4).enumerate() {
-            xs.region[i] = u32::from_le_bytes(w.try_into().expect("4 bytes"));
+        if self.fx_in_vm.as_ref() != Some(&img) {
+            let mut xs = kvm_xsave::default();
+            for (i, w) in img.chunks_exact(4).enumerate() {
+                xs.region[i] = u32::from_le_bytes(w.try_into().expect("4 bytes"));
+            }
+            xs.region[128] = crate::cpuid::XCR0 as u32;
+            // SAFETY: a plain kvm_xsave without the variable-size extension.
+            unsafe { self.vcpu.set_xsave(&xs) }.map_err(sys_err("set_xsave"))?;
+            self.fx_in_vm = Some(img);
         }
-        xs.region[128] = crate::cpuid::XCR0 as u32;
-        // SAFETY: a plain kvm_xsave without the variable-size extension.
-        unsafe { self.vcpu.set_xsave(&xs) }.map_err(sys_err("set_xsave"))?;
 
         let g = &m.cpu.gpr;
         let rflags = (m.cpu.rflags() & !(RFLAGS_TF | RFLAGS_RF)) | RFLAGS_IF | 2;
@@ -2528,6 +2536,7 @@ impl NativeVm {
         }
         m.load_fx_image(&img)
             .map_err(|_| "the VM returned an invalid MXCSR".to_string())?;
+        self.fx_in_vm = Some(m.fx_image());
         self.copied.clear();
         for c in 0..self.chunks.len() {
             let base = c as u64 * FRAMES_PER_CHUNK;
