@@ -458,6 +458,8 @@ pub struct NativeVm {
     /// the log per exit (tens of microseconds under shadow paging), and fresh memory is not
     /// write-protected before its first write.
     manual_protect: bool,
+    /// KVM copies the registers out at every exit (`KVM_CAP_SYNC_REGS`).
+    sync_regs: bool,
     /// See `calm_mut` (ordinary frames, block frames).
     calm: Vec<u8>,
     calm_blocks: Vec<u8>,
@@ -1127,7 +1129,13 @@ impl NativeVm {
                 ..Default::default()
             })
             .is_ok();
-        let vcpu = vm.create_vcpu(0).map_err(sys_err("cannot create a vCPU"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(sys_err("cannot create a vCPU"))?;
+        // The registers come back in the shared run structure at every exit (one ioctl
+        // fewer per exit), where KVM offers it.
+        let sync_regs = kvm.check_extension(kvm_ioctls::Cap::SyncRegs);
+        if sync_regs {
+            vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        }
         let sys = Region::new(SYS_SIZE)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -1166,6 +1174,7 @@ impl NativeVm {
             tried: BTreeMap::new(),
             heat: BTreeMap::new(),
             manual_protect,
+            sync_regs,
             calm: Vec::new(),
             calm_blocks: Vec::new(),
             cross_check: false,
@@ -2234,7 +2243,11 @@ impl NativeVm {
             if let Some(e) = exit {
                 return Err(e);
             }
-            let mut regs = self.vcpu.get_regs().map_err(sys_err("get_regs"))?;
+            let mut regs = if self.sync_regs {
+                self.vcpu.sync_regs().regs
+            } else {
+                self.vcpu.get_regs().map_err(sys_err("get_regs"))?
+            };
             let at = regs.rip.wrapping_sub(1).wrapping_sub(KBASE);
             if at == SYSCALL_STUB {
                 self.last_fault = (u64::MAX, 0);
