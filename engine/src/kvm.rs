@@ -3246,6 +3246,22 @@ fn classify_page(
         // offset is decoded once.
         let mut reaches: Vec<Option<Option<bool>>> = vec![None; first + 1];
         reaches[first] = Some(Some(false));
+        // Where the linear decoding goes on after `ins` at `off`: past zero padding after a
+        // return or jump, as in the pass above (`.init` ends so, 9 bytes before `.plt`).
+        let after = |off: usize, ins: &Instruction| {
+            let mut next = off + ins.len();
+            if matches!(
+                ins.flow_control(),
+                FlowControl::Return
+                    | FlowControl::UnconditionalBranch
+                    | FlowControl::IndirectBranch
+            ) {
+                while next < first && bytes[next] == 0 {
+                    next += 1;
+                }
+            }
+            next
+        };
         let mut reach = |s0: usize| {
             let mut path = Vec::new();
             let mut off = s0;
@@ -3258,7 +3274,7 @@ fn classify_page(
                 }
                 let Some(ins) = decode(off) else { break None };
                 path.push((off, patchable(&ins)));
-                off += ins.len();
+                off = after(off, &ins);
             };
             for (o, p) in path.into_iter().rev() {
                 r = r.map(|q| q || p);
@@ -3295,7 +3311,10 @@ fn classify_page(
         while off < first {
             let ins = decode(off).expect("decoded before");
             lead.push((off, ins));
-            off += ins.len();
+            let next = after(off, &ins);
+            // (Padding skipped after it.)
+            inside[off + ins.len()..next].fill(true);
+            off = next;
         }
         inside[..s0].fill(true);
         for (off, ins) in lead {
@@ -3913,6 +3932,45 @@ mod tests {
         // Bytes that do not decode: unknown.
         p[0xf00] = 0x06;
         assert_eq!(tail_phase(&p, BASE, 0xf00), None);
+    }
+
+    #[test]
+    fn the_lead_skips_zero_padding_after_a_return() {
+        // The first page of a dynamically linked program's code, as Debian's linker lays it
+        // out: `.init` (0x17 bytes, ending in `ret`), 9 bytes of zero padding, then `.plt` at
+        // 0x20, where execution enters. From the known phase 0, the padding must be skipped
+        // as after any return (decoded, `00 00` pairs run past 0x20).
+        let mut p = vec![0xcc; PAGE_SIZE + 15];
+        let init = [
+            0x48, 0x83, 0xec, 0x08, 0x48, 0x8b, 0x05, 0xcd, 0x1f, 0x52, 0x00, 0x48, 0x85, 0xc0,
+            0x74, 0x02, 0xff, 0xd0, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+        ];
+        p[..init.len()].copy_from_slice(&init);
+        p[init.len()..0x20].fill(0);
+        // push [rip+x]; jmp [rip+y]; nop dword [rax]; then PLT entries (jmp [rip+z]; push 0;
+        // jmp .plt) to the end of the page.
+        let head = [
+            0xff, 0x35, 0xca, 0x1f, 0x52, 0x00, 0xff, 0x25, 0xcc, 0x1f, 0x52, 0x00, 0x0f, 0x1f,
+            0x40, 0x00,
+        ];
+        p[0x20..0x30].copy_from_slice(&head);
+        let mut at = 0x30;
+        while at + 16 <= PAGE_SIZE {
+            let back = (0x20i64 - (at as i64 + 16)) as i32;
+            let mut e = vec![0xff, 0x25, 0xca, 0x1f, 0x52, 0x00, 0x68, 0, 0, 0, 0, 0xe9];
+            e.extend_from_slice(&back.to_le_bytes());
+            p[at..at + 16].copy_from_slice(&e);
+            at += 16;
+        }
+        let seeds = [BASE + 0x20, BASE + 0x30];
+        assert_eq!(
+            classify_page(&p, BASE, &seeds, Some(&mut Nowhere), || Some(0)),
+            Ok(vec![])
+        );
+        assert_eq!(
+            classify_page(&p, BASE, &seeds, None, || Some(0)),
+            Ok(vec![])
+        );
     }
 
     #[test]
