@@ -179,7 +179,7 @@ fn computations_run_natively_not_in_the_interpreter() {
     ] {
         let bin = build(&benches.join(src), "gcc", opt);
         let line = kvm_stats(&bin);
-        let field = |name: &str| -> u64 { stat_field(&line, name).parse().expect(name) };
+        let field = |name: &str| stat_num(&line, name);
         let (icount, interpreted) = (field("icount"), field("interpreted_insns"));
         assert!(icount > 10_000_000, "{src}: {line}");
         assert!(
@@ -230,7 +230,7 @@ fn undefined_flags_followed_into_callees_on_other_pages() {
     let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/guests");
     let bin = build(&benches.join("sort.c"), "gcc", "-O2");
     let line = kvm_stats_as_if_flags_differ(&bin, &["100000"]);
-    let field = |name: &str| -> u64 { stat_field(&line, name).parse().expect(name) };
+    let field = |name: &str| stat_num(&line, name);
     assert!(
         field("interpreted_insns") * 100 < field("icount"),
         "sort is interpreted: {line}"
@@ -239,7 +239,7 @@ fn undefined_flags_followed_into_callees_on_other_pages() {
     // not run yet: that page is classified before it runs, so the search can look there.
     let bin = build(&guest_src("coldpath.c"), "gcc", "-O2");
     let line = kvm_stats_as_if_flags_differ(&bin, &[]);
-    let field = |name: &str| -> u64 { stat_field(&line, name).parse().expect(name) };
+    let field = |name: &str| stat_num(&line, name);
     assert!(
         field("interpreted_insns") * 100 < field("icount"),
         "coldpath is interpreted: {line}"
@@ -253,13 +253,13 @@ fn a_changed_jump_slot_is_followed_again_and_hot_sites_run_in_bursts() {
     }
     // A multiply calls through a function pointer with its flags pending: into code that
     // overwrites them, then (after native writes to the pointer, guarded, by a store and by
-    // `rep movsb`, and a write by the kernel) into code that reads them. The pages that relied on the pointer are
-    // classified again; where the flags are read, the multiply runs in the interpreter, in
+    // `rep movsb`, and a write by the kernel) into code that reads them. The pages that
+    // relied on the pointer are classified again; where the flags are read, the multiply runs in the interpreter, in
     // bursts when hot. The answers are the interpreter's (they differ from a native run's on
     // a CPU whose undefined flags differ from the model's).
     let bin = build(&guest_src("flagcalls.c"), "gcc", "-O2");
     let line = kvm_stats_as_if_flags_differ(&bin, &[]);
-    let field = |name: &str| -> u64 { stat_field(&line, name).parse().expect(name) };
+    let field = |name: &str| stat_num(&line, name);
     assert!(field("guard_hits") > 0, "{line}");
     assert!(field("reclassified") > 0, "{line}");
     assert!(field("bursts") > 0, "{line}");

@@ -1934,16 +1934,7 @@ impl NativeVm {
         // Guarded pages the guest is about to write: they are writable from now on, and
         // what relied on their jump slots is classified again (see `guarded`).
         for g in std::mem::take(&mut self.guards_hit) {
-            if self.guarded.remove(&g) {
-                self.stats.guard_hits += 1;
-                *self.guard_hits.entry(g).or_default() += 1;
-                self.stale.push(g);
-                if let Some(&f) = self.frame_of.get(&g) {
-                    let prot = m.mem.vma_at(g << 12).map_or(0, |(_, v)| v.prot);
-                    self.set_pte(g, f, prot)?;
-                    self.invalidate.push(g << 12);
-                }
-            }
+            self.unguard(m, g)?;
         }
         if m.mem.vmas != self.mirror_vmas {
             // Pages relied upon whose protection changed.
@@ -2412,20 +2403,30 @@ impl NativeVm {
         }
     }
 
-    /// After a write to guarded page `g` by the instruction at `rip` that a kick could not
-    /// end the stretch before: `g` becomes writable (what relied on it is classified again
-    /// at the next `push`), and the byte after the instruction is patched to an invalid
-    /// opcode, so that the stretch ends at the next instruction boundary, as at a kick. (If
-    /// that byte is on a page that does not run natively, the stretch ends there anyway.)
-    fn step_over_write(&mut self, m: &Machine, rip: u64, g: u64) -> Result<(), String> {
-        self.guarded.remove(&g);
+    /// Guarded page `g` is being written natively: it becomes writable, and what relied on
+    /// its jump slots is classified again at the next `push` (see `guarded`).
+    fn unguard(&mut self, m: &Machine, g: u64) -> Result<(), String> {
+        if !self.guarded.remove(&g) {
+            return Ok(());
+        }
         self.stats.guard_hits += 1;
         *self.guard_hits.entry(g).or_default() += 1;
         self.stale.push(g);
         if let Some(&f) = self.frame_of.get(&g) {
             let prot = m.mem.vma_at(g << 12).map_or(0, |(_, v)| v.prot);
             self.set_pte(g, f, prot)?;
+            self.invalidate.push(g << 12);
         }
+        Ok(())
+    }
+
+    /// After a write to guarded page `g` by the instruction at `rip` that a kick could not
+    /// end the stretch before: `g` becomes writable (what relied on it is classified again
+    /// at the next `push`), and the byte after the instruction is patched to an invalid
+    /// opcode, so that the stretch ends at the next instruction boundary, as at a kick. (If
+    /// that byte is on a page that does not run natively, the stretch ends there anyway.)
+    fn step_over_write(&mut self, m: &Machine, rip: u64, g: u64) -> Result<(), String> {
+        self.unguard(m, g)?;
         if self.step_over.is_some() {
             return Ok(());
         }
@@ -3096,12 +3097,34 @@ fn lead_phase(m: &Machine, pn: u64, known: &mut BTreeMap<u64, usize>) -> Option<
     Some(off)
 }
 
+/// Where decoding goes on at `next`, just after `ins`: past zero padding (up to `limit`, or
+/// an offset `known` says an instruction starts at) if `ins` is a return or a jump, after
+/// which compilers pad between functions (`00 00` would decode, at the wrong phase).
+fn past_padding(
+    bytes: &[u8],
+    ins: &iced_x86::Instruction,
+    mut next: usize,
+    limit: usize,
+    known: impl Fn(usize) -> bool,
+) -> usize {
+    use iced_x86::FlowControl;
+    if matches!(
+        ins.flow_control(),
+        FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
+    ) {
+        while next < limit && bytes[next] == 0 && !known(next) {
+            next += 1;
+        }
+    }
+    next
+}
+
 /// Decodes `bytes` (a page and the first 15 bytes of the next, at `base`) linearly from
 /// offset `from`, skipping zero padding after returns and jumps, up to the end of the page:
 /// where the first instruction of the next page begins. `None` if a byte does not decode or
 /// padding runs to the end.
 fn tail_phase(bytes: &[u8], base: u64, from: usize) -> Option<usize> {
-    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    use iced_x86::{Decoder, DecoderOptions};
     let mut d = Decoder::with_ip(64, bytes, base, DecoderOptions::NONE);
     let mut off = from;
     while off < PAGE_SIZE {
@@ -3115,17 +3138,11 @@ fn tail_phase(bytes: &[u8], base: u64, from: usize) -> Option<usize> {
         if off >= PAGE_SIZE {
             return Some(off - PAGE_SIZE);
         }
-        if matches!(
-            ins.flow_control(),
-            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
-        ) {
-            while off < PAGE_SIZE && bytes[off] == 0 {
-                off += 1;
-            }
-            if off == PAGE_SIZE {
-                return None;
-            }
+        let next = past_padding(bytes, &ins, off, PAGE_SIZE, |_| false);
+        if next > off && next == PAGE_SIZE {
+            return None;
         }
+        off = next;
     }
     Some(off - PAGE_SIZE)
 }
@@ -3207,16 +3224,10 @@ fn classify_page(
         if sp {
             sites.push(off as u16);
         }
-        let mut next = end;
-        if matches!(
-            ins.flow_control(),
-            FlowControl::Return | FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
-        ) {
-            // Zero padding between functions: `00 00` would decode, at the wrong phase.
-            while next < PAGE_SIZE && bytes[next] == 0 && !start[next] {
-                inside[next] = true;
-                next += 1;
-            }
+        let next = past_padding(bytes, &ins, end, PAGE_SIZE, |k| start[k]);
+        // (An instruction may end past the page: then nothing was skipped.)
+        if next > end {
+            inside[end..next].fill(true);
         }
         work.push(next);
         if matches!(
@@ -3246,21 +3257,10 @@ fn classify_page(
         // offset is decoded once.
         let mut reaches: Vec<Option<Option<bool>>> = vec![None; first + 1];
         reaches[first] = Some(Some(false));
-        // Where the linear decoding goes on after `ins` at `off`: past zero padding after a
-        // return or jump, as in the pass above (`.init` ends so, 9 bytes before `.plt`).
+        // Where the linear decoding goes on after `ins` at `off`: past zero padding, as in
+        // the pass above (`.init` ends so, 9 bytes before `.plt`).
         let after = |off: usize, ins: &Instruction| {
-            let mut next = off + ins.len();
-            if matches!(
-                ins.flow_control(),
-                FlowControl::Return
-                    | FlowControl::UnconditionalBranch
-                    | FlowControl::IndirectBranch
-            ) {
-                while next < first && bytes[next] == 0 {
-                    next += 1;
-                }
-            }
-            next
+            past_padding(bytes, ins, off + ins.len(), first, |_| false)
         };
         let mut reach = |s0: usize| {
             let mut path = Vec::new();
@@ -3971,6 +3971,23 @@ mod tests {
             classify_page(&p, BASE, &seeds, None, || Some(0)),
             Ok(vec![])
         );
+    }
+
+    #[test]
+    fn an_instruction_may_run_into_the_next_page() {
+        // nop; nop; mov rbx,rax across the page end (its last byte on the next page).
+        let mut p = vec![0xcc; PAGE_SIZE + 15];
+        p[0xffd..0x1000].copy_from_slice(&[0x90, 0x90, 0x48]);
+        p[0x1000..0x1002].copy_from_slice(&[0x89, 0xc3]);
+        // (int3 padding before it, decoded from phase 0.)
+        for divergent in [true, false] {
+            let mut nowhere = Nowhere;
+            let beyond: Option<&mut dyn Beyond> = divergent.then_some(&mut nowhere as _);
+            assert_eq!(
+                classify_page(&p, BASE, &[BASE + 0xffd], beyond, || Some(0)),
+                Ok(vec![])
+            );
+        }
     }
 
     #[test]

@@ -120,6 +120,13 @@ pub fn stat_field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
+/// A numeric `key=value` field of a `--stats` line.
+pub fn stat_num(line: &str, key: &str) -> u64 {
+    stat_field(line, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
+}
+
 /// A small deterministic generator for test data (xorshift64).
 pub struct Rng(pub u64);
 
