@@ -376,7 +376,7 @@ fn run_native(
         let s = vm.stats;
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
-             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} bursts={} early_settles={} page_faults={} dirty_pages={} blocks={} guard_hits={} reclassified={} replays={}",
+             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} bursts={} early_settles={} page_faults={} dirty_pages={} pattern_pages={} blocks={} guard_hits={} reclassified={} replays={}",
             hash.to_hex(),
             s.syscalls,
             s.kicks,
@@ -389,6 +389,7 @@ fn run_native(
             s.early_settles,
             s.page_faults,
             s.dirty_pages,
+            s.pattern_pages,
             s.blocks,
             s.guard_hits,
             s.reclassified,

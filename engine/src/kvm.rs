@@ -18,7 +18,7 @@ use crate::cpu::{RCX, RSP};
 use crate::host::{Host, HostStat};
 use crate::machine::{Machine, Snapshot, StopReason};
 use crate::mem::{Vma, PROT_EXEC, PROT_READ, PROT_WRITE};
-use fx86_snapshots::{FileKind, PageTree, PAGE_SIZE};
+use fx86_snapshots::{FileKind, Page, PageTree, PAGE_SIZE};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region, kvm_xcr,
     kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MEM_LOG_DIRTY_PAGES,
@@ -97,6 +97,8 @@ const MAX_GROUPS: usize = 1024;
 /// updated) is not protected in between, and memory no longer written stops costing
 /// comparisons.
 const CALM_EXITS: u8 = 16;
+/// See `NativeVm::patterns`.
+const MAX_PATTERNS: usize = 64;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 const MSR_STAR: u32 = 0xc000_0081;
@@ -352,6 +354,8 @@ pub struct NativeStats {
     pub page_faults: u64,
     /// Pages copied back after being written natively.
     pub dirty_pages: u64,
+    /// Of those, pages filled with a pattern and stored as one shared copy (see `patterns`).
+    pub pattern_pages: u64,
     /// Blocks mapped (see `Block`).
     pub blocks: u64,
     /// Register-only instructions executed in place for the VM (see `inline_sites`).
@@ -463,6 +467,10 @@ pub struct NativeVm {
     /// See `calm_mut` (ordinary frames, block frames).
     calm: Vec<u8>,
     calm_blocks: Vec<u8>,
+    /// One page for each eight-byte pattern that whole pages copied back were filled with
+    /// (see `Page::pattern`; up to `MAX_PATTERNS`): memory filled by `memset` natively is
+    /// held once in the engine however many pages it spans.
+    patterns: BTreeMap<u64, Arc<Page>>,
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
@@ -1177,6 +1185,7 @@ impl NativeVm {
             sync_regs,
             calm: Vec::new(),
             calm_blocks: Vec::new(),
+            patterns: BTreeMap::new(),
             cross_check: false,
             host_flags_match: host_flags_match_model(),
             stop: None,
@@ -2631,7 +2640,20 @@ impl NativeVm {
             .get(pn)
             .map_or_else(|| frame.iter().any(|&x| x != 0), |p| p.data() != frame);
         if differs {
-            m.mem.put_page(pn, frame);
+            let pattern = Page::pattern(frame)
+                .filter(|p| self.patterns.len() < MAX_PATTERNS || self.patterns.contains_key(p));
+            match pattern {
+                Some(p) => {
+                    let page = match self.patterns.get(&p) {
+                        Some(page) => page.clone(),
+                        None => Page::new(frame),
+                    };
+                    self.patterns.entry(p).or_insert_with(|| page.clone());
+                    self.stats.pattern_pages += 1;
+                    m.mem.put_shared_page(pn, page);
+                }
+                None => m.mem.put_page(pn, frame),
+            }
             self.stats.dirty_pages += 1;
             self.copied.push(pn);
         }

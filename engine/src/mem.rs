@@ -1,8 +1,9 @@
 //! Guest memory: the COW page tree, the mappings (VMAs) with their permissions, and a small
 //! software TLB so that a hot access is one compare and one host load or store.
 
-use fx86_snapshots::{PageTree, PAGE_SIZE};
+use fx86_snapshots::{Page, PageTree, PAGE_SIZE};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 pub const PROT_READ: u8 = 1;
 pub const PROT_WRITE: u8 = 2;
@@ -454,7 +455,19 @@ impl Memory {
     /// Stores a whole page that was written outside the interpreter (by native execution
     /// under KVM): cached translations of it are dropped and decoded code on it is invalidated.
     pub fn put_page(&mut self, pn: u64, data: &[u8; PAGE_SIZE]) {
-        self.pages.get_mut(pn).data_mut().copy_from_slice(data);
+        self.pages.put(pn, data);
+        self.forget_page(pn);
+    }
+
+    /// `put_page` with a page that may be shared (one copy of a page filled with a pattern).
+    pub fn put_shared_page(&mut self, pn: u64, page: Arc<Page>) {
+        self.pages.insert(pn, page);
+        self.forget_page(pn);
+    }
+
+    /// Drops cached translations of page `pn` and decoded code on it (it was written outside
+    /// the interpreter).
+    fn forget_page(&mut self, pn: u64) {
         let i = pn as usize % TLB_SIZE;
         if self.tlb.rtag[i] == pn {
             self.tlb.rtag[i] = NO_TAG;

@@ -34,6 +34,21 @@ impl Page {
             hash: OnceLock::new(),
         }
     }
+    /// A page holding `data`.
+    pub fn new(data: &[u8; PAGE_SIZE]) -> Arc<Self> {
+        let mut page = Arc::new(Page::zeroed());
+        Arc::get_mut(&mut page)
+            .expect("just made")
+            .data
+            .copy_from_slice(data);
+        page
+    }
+    /// The eight bytes `data` repeats throughout, if it does (a page filled by `memset`, or
+    /// zeroed): such pages can share one copy.
+    pub fn pattern(data: &[u8; PAGE_SIZE]) -> Option<u64> {
+        (data[8..] == data[..PAGE_SIZE - 8])
+            .then(|| u64::from_le_bytes(data[..8].try_into().expect("8 bytes")))
+    }
     /// The page's bytes.
     pub fn data(&self) -> &[u8; PAGE_SIZE] {
         &self.data
@@ -191,6 +206,31 @@ impl PageTree {
                     let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
                     page.hash = OnceLock::new();
                     return page;
+                }
+            }
+        }
+    }
+
+    /// Sets the bytes of page `pn` to `data`: in place if the page is not shared, else in a
+    /// new page (the shared one is neither copied nor changed).
+    pub fn put(&mut self, pn: u64, data: &[u8; PAGE_SIZE]) {
+        let mut node = Node::make_mut(&mut self.root);
+        let mut level = LEVELS - 1;
+        loop {
+            match &mut node.kids {
+                Kids::Inner(kids) => {
+                    let slot = &mut kids[index(pn, level)];
+                    let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
+                    node = Node::make_mut(child);
+                    level -= 1;
+                }
+                Kids::Leaf(pages) => {
+                    let slot = &mut pages[index(pn, 0)];
+                    match slot.as_mut().and_then(Arc::get_mut) {
+                        Some(page) => page.data_mut().copy_from_slice(data),
+                        None => *slot = Some(Page::new(data)),
+                    }
+                    return;
                 }
             }
         }
@@ -474,6 +514,51 @@ mod tests {
         assert_eq!(b.get(5).unwrap().data()[0], 1);
         assert_eq!(a.get(5).unwrap().data()[0], 2);
         assert!(a.get(6).is_none());
+    }
+
+    #[test]
+    fn put_writes_in_place_unless_shared_and_patterns_are_found() {
+        let mut t = PageTree::new();
+        let mut data = [7u8; PAGE_SIZE];
+        t.put(3, &data);
+        let before = Arc::as_ptr(t.get(3).unwrap());
+        data[100] = 8;
+        t.put(3, &data);
+        assert_eq!(
+            Arc::as_ptr(t.get(3).unwrap()),
+            before,
+            "an unshared page is reused"
+        );
+        let snap = t.clone();
+        data[100] = 9;
+        t.put(3, &data);
+        assert_eq!(
+            snap.get(3).unwrap().data()[100],
+            8,
+            "the snapshot keeps its page"
+        );
+        assert_eq!(t.get(3).unwrap().data()[100], 9);
+        assert_ne!(snap.root_hash(), t.root_hash());
+
+        let word = 0x0102_0304_0506_0708u64.to_le_bytes();
+        let mut filled = [0u8; PAGE_SIZE];
+        for c in filled.chunks_exact_mut(8) {
+            c.copy_from_slice(&word);
+        }
+        assert_eq!(Page::pattern(&filled), Some(0x0102_0304_0506_0708));
+        assert_eq!(Page::pattern(&[0; PAGE_SIZE]), Some(0));
+        for i in [0, 7, 8, 2048, PAGE_SIZE - 1] {
+            let mut off = filled;
+            off[i] ^= 1;
+            assert_eq!(Page::pattern(&off), None, "byte {i} differs");
+        }
+        // One page shared by two numbers, written through one of them.
+        let shared = Page::new(&filled);
+        t.insert(10, shared.clone());
+        t.insert(11, shared);
+        t.get_mut(10).data_mut()[0] = 0;
+        assert_eq!(t.get(11).unwrap().data(), &filled);
+        assert_eq!(t.get(10).unwrap().data()[0], 0);
     }
 
     #[test]
