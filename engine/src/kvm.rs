@@ -543,6 +543,10 @@ pub struct NativeVm {
     redos: BTreeMap<u64, u32>,
     /// Pages that may still be classified before they run (see `classify_from`).
     eager_budget: u32,
+    /// When this VM first ran, and whether the background settler was started since (see
+    /// `SETTLER_AFTER`).
+    first_run: Option<std::time::Instant>,
+    settler_started: bool,
     pub stats: NativeStats,
 }
 
@@ -1213,6 +1217,8 @@ impl NativeVm {
             redo: Vec::new(),
             redos: BTreeMap::new(),
             eager_budget: 1024,
+            first_run: None,
+            settler_started: false,
             stats: NativeStats::default(),
         };
         v.max_groups = (v._kvm.get_nr_memslots())
@@ -2826,9 +2832,7 @@ impl NativeVm {
         if let Some(s) = &m.ended {
             return Ok(s.clone());
         }
-        if m.settler.is_none() && !self.cross_check {
-            m.settler = Settler::spawn().map(Box::new);
-        }
+        self.first_run.get_or_insert_with(std::time::Instant::now);
         if self.interrupted {
             return Err("the VM was interrupted in the middle of a native stretch".into());
         }
@@ -2972,6 +2976,7 @@ impl NativeVm {
                 self.try_hot_native(m, entry_page)?;
             }
             self.stats.interpreted_insns += m.icount - m.native_settled - interp_from;
+            self.start_settler(m);
             if let Some(u) = m.unsettled.as_mut() {
                 let (mut s, took_over) = u.open.take().expect("open stretch");
                 let after = m.icount - took_over;
@@ -2998,6 +3003,43 @@ impl NativeVm {
         }
     }
 }
+
+impl NativeVm {
+    /// Starts the background settler once the VM has run for `SETTLER_AFTER`, and hands it
+    /// the stretches that ended before, oldest first.
+    fn start_settler(&mut self, m: &mut Machine) {
+        if self.settler_started
+            || self.cross_check
+            || self.first_run.is_none_or(|t| t.elapsed() < SETTLER_AFTER)
+        {
+            return;
+        }
+        self.settler_started = true;
+        m.settler = Settler::spawn().map(Box::new);
+        let (Some(t), Some(u)) = (m.settler.as_mut(), m.unsettled.as_mut()) else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for s in std::mem::take(&mut u.stretches) {
+            let after = s.after;
+            if !kept.is_empty() {
+                kept.push(s);
+                continue;
+            }
+            match t.send(Box::new(s)) {
+                Ok(()) => u.in_flight.push_back(after),
+                Err(s) => kept.push(*s),
+            }
+        }
+        u.stretches = kept;
+    }
+}
+
+/// How long a VM runs before native stretches are replayed in the background (`Settler`).
+/// A settler competes with the VM's thread on a busy host (a second core kept busy, and
+/// every change to the process's mappings then interrupts it too), for lengths that a short
+/// run rarely needs; the few stretches of a short run are replayed when asked for.
+const SETTLER_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// True if a native stretch ends at `ins` (a replay pauses before it): a model-specific
 /// instruction the VM does not execute in place (`emulate_inline`: `cpuid`).
