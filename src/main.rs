@@ -311,6 +311,8 @@ fn run(
             hash.to_hex()
         );
     }
+    // (As in `run_native`: the process ends here.)
+    std::mem::forget(tl);
     code
 }
 
@@ -396,6 +398,9 @@ fn run_native(
             m.native_replays
         );
     }
+    // The process ends here: the kernel frees the guest's state at once, faster than
+    // dropping it page by page (and replays still running in the background are moot).
+    std::mem::forget(m);
     code
 }
 
