@@ -506,6 +506,28 @@ impl Memory {
     }
 
     /// Removes mappings in `[start, end)` and drops their pages.
+    /// Drops the code decoded from pages in `[start, end)` (their mappings change): it is
+    /// decoded again, with the new permissions, if executed.
+    pub fn forget_code(&mut self, start: u64, end: u64) {
+        let (lo, hi) = (start >> 12, end.div_ceil(PAGE_SIZE as u64));
+        let mut gone: Vec<u64> = self
+            .code_pages
+            .iter()
+            .copied()
+            .filter(|pn| (lo..hi).contains(pn))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        // (In page order: the set's order must not matter.)
+        gone.sort_unstable();
+        for pn in &gone {
+            self.code_pages.remove(pn);
+        }
+        self.dirty_code.extend(gone);
+        self.attention = true;
+    }
+
     pub fn unmap(&mut self, start: u64, end: u64) {
         self.split_at(start);
         self.split_at(end);

@@ -24,23 +24,32 @@ use std::sync::{Mutex, OnceLock};
 #[repr(C, align(16))]
 struct FxArea([u8; 512]);
 
-/// Mnemonics of x87 instructions, computed once from iced's mnemonic names.
+/// Mnemonics of x87 instructions, each worked out from its iced name when first asked about.
 fn is_x87(m: M) -> bool {
-    static SET: OnceLock<Vec<bool>> = OnceLock::new();
-    let set = SET.get_or_init(|| {
-        let mut v = vec![false; iced_x86::Mnemonic::values().count() + 1];
-        for mm in iced_x86::Mnemonic::values() {
-            let n = format!("{mm:?}");
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static KNOWN: OnceLock<Vec<AtomicU8>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        (0..=iced_x86::Mnemonic::values().count())
+            .map(|_| AtomicU8::new(0))
+            .collect()
+    });
+    let Some(k) = known.get(m as usize) else {
+        return false;
+    };
+    match k.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let n = format!("{m:?}");
             let x = (n.starts_with('F')
                 && !n.starts_with("Fxsave")
                 && !n.starts_with("Fxrstor")
                 && n != "Femms")
                 || n == "Wait";
-            v[mm as usize] = x;
+            k.store(if x { 1 } else { 2 }, Ordering::Relaxed);
+            x
         }
-        v
-    });
-    set.get(m as usize).copied().unwrap_or(false)
+    }
 }
 
 /// MMX instructions: those with an MMX register operand, and EMMS.
@@ -367,6 +376,17 @@ impl Machine {
             return Ok(());
         }
         if m == M::Wait || m == M::Fnop {
+            return Ok(());
+        }
+        if matches!(m, M::Fnstcw | M::Fnstsw) {
+            // Stores of the control or status word change nothing else (as run on the host,
+            // the last-instruction pointers read as zero afterwards).
+            let addr = self.ea(i);
+            let x = &self.cpu.x87;
+            let v = if m == M::Fnstcw { x.fcw } else { x.fsw };
+            self.mem.write_bytes(addr, &v.to_le_bytes())?;
+            let x = &mut self.cpu.x87;
+            (x.fop, x.fip, x.fdp) = (0, 0, 0);
             return Ok(());
         }
         let has_mem = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);

@@ -30,7 +30,7 @@ impl Machine {
                     return Ok(-ENOMEM);
                 };
                 let prot = (a[2] & 7) as u8;
-                self.flush_blocks = true;
+                self.mem.forget_code(a[0], a[0].saturating_add(len));
                 if len == 0 || self.mem.protect(a[0], a[0] + len, prot) {
                     0
                 } else {
@@ -48,7 +48,7 @@ impl Machine {
                     return Ok(-EINVAL);
                 }
                 self.mem.unmap(a[0], a[0] + len);
-                self.flush_blocks = true;
+                self.mem.forget_code(a[0], a[0] + len);
                 0
             }
             12 => self.sys_brk(a[0]) as i64,
@@ -140,7 +140,7 @@ impl Machine {
                 self.mem.poke(start, &bytes[s..e]);
             }
         }
-        self.flush_blocks = true;
+        self.mem.forget_code(start, start + len);
         Ok(start as i64)
     }
 
@@ -207,7 +207,8 @@ impl Machine {
             .move_range(old >> 12, dest >> 12, old_len >> 12);
         self.mem.unmap(old, old + old_len);
         self.mem.flush_tlb();
-        self.flush_blocks = true;
+        self.mem.forget_code(old, old + old_len);
+        self.mem.forget_code(dest, dest + new_len);
         dest as i64
     }
 }
