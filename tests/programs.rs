@@ -12,6 +12,7 @@ const C_GUESTS: &[&str] = &[
     "sse2.c",
     "mmx.c",
     "selfmod.c",
+    "remap.c",
     "signals.c",
     "crash_segv.c",
     "crash_abort.c",

@@ -1985,7 +1985,21 @@ impl NativeVm {
             let frames: Vec<(u64, u64)> = self.frame_of.iter().map(|(&p, &f)| (p, f)).collect();
             for (pn, f) in frames {
                 match m.mem.vma_at(pn << 12).map(|(_, v)| v.prot) {
-                    Some(prot) if prot != 0 => self.set_pte(pn, f, prot)?,
+                    Some(prot) if prot != 0 => {
+                        if self.patched.contains_key(&pn)
+                            && (prot & PROT_WRITE != 0 || prot & PROT_EXEC == 0)
+                        {
+                            // No longer code that runs natively: its patches go (the guest may
+                            // read the page, or write it natively, and what it writes is then
+                            // copied back as for any page).
+                            match m.mem.pages.get(pn) {
+                                Some(page) => self.frame_mut(f).copy_from_slice(page.data()),
+                                None => self.frame_mut(f).fill(0),
+                            }
+                            self.unpatch(pn);
+                        }
+                        self.set_pte(pn, f, prot)?
+                    }
                     _ => self.free_frame(pn),
                 }
             }
