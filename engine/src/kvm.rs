@@ -3263,6 +3263,8 @@ fn classify_page(
     let mut end_of = vec![0usize; PAGE_SIZE];
     let mut special = vec![false; PAGE_SIZE];
     let mut sites = Vec::new();
+    // The instructions found, for the flag search (which would otherwise decode them again).
+    let mut found: Vec<(usize, Instruction)> = Vec::new();
     let mut work: Vec<usize> = seeds.iter().map(|a| (a - base) as usize).collect();
     let in_page = |t: u64| (t >> 12 == base >> 12).then(|| (t - base) as usize);
     // Two decodings may overlap only as code like `je 1f; lock; 1: cmpxchg` does: one is
@@ -3301,6 +3303,9 @@ fn classify_page(
         special[off] = sp;
         if sp {
             sites.push(off as u16);
+        }
+        if divergent.is_some() {
+            found.push((off, ins));
         }
         let next = past_padding(bytes, &ins, end, PAGE_SIZE, |k| start[k]);
         // (An instruction may end past the page: then nothing was skipped.)
@@ -3401,6 +3406,9 @@ fn classify_page(
             if model_specific(&ins) {
                 sites.push(off as u16);
             }
+            if divergent.is_some() {
+                found.push((off, ins));
+            }
         }
     }
     // Every byte must be accounted for: what was not decoded could hold anything.
@@ -3408,10 +3416,8 @@ fn classify_page(
         return Err(format!("uncovered {c:#x}"));
     }
     if let Some(beyond) = divergent {
-        let insns: BTreeMap<usize, Instruction> = (0..PAGE_SIZE)
-            .filter(|&o| start[o])
-            .filter_map(|o| decode(o).map(|i| (o, i)))
-            .collect();
+        found.sort_unstable_by_key(|&(o, _)| o);
+        let insns: BTreeMap<usize, Instruction> = found.into_iter().collect();
         sites.extend(live_divergent(&insns, base, beyond));
     }
     sites.sort_unstable();
