@@ -729,9 +729,7 @@ fn demo() -> i32 {
 
 pub fn tp(what: &str) {
     if std::env::var_os("FX86_DBG").is_some() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
         eprintln!("TP {} {what}", t.as_micros());
     }
 }

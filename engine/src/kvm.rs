@@ -49,12 +49,10 @@ const BURST_GAP_US: u64 = 1000;
 const BURST_WINDOW: u32 = 64;
 const BURST_MIN: u64 = 100_000;
 const BURST_MAX: u64 = 20_000_000;
-/// See `NativeVm::heat`: classifying a page (decoding it, `classify_page`) costs about as
-/// much as interpreting this many instructions. Native code running into an interpreted
-/// page counts as much: it will likely run into it again (each time an exit, 50-70 us on a
-/// shadow-paging host), so such a page is classified at once.
+/// See `NativeVm::heat`: an exit costs about as much as interpreting this many instructions,
+/// and classifying a page (decoding it, `classify_page`) this many.
+const EXIT_HEAT: u64 = 10_000;
 const CLASSIFY_HEAT: u64 = 25_000;
-const EXIT_HEAT: u64 = CLASSIFY_HEAT;
 const KSTACK_TOP: u64 = 0x8000;
 const PML4: u64 = 0x9000;
 const KPDPT: u64 = 0xa000;
