@@ -356,7 +356,6 @@ fn run_native(
         Err(code) => return code,
     };
 
-    tp("loaded");
     let start = Instant::now();
     let stop = match vm.run(&mut m) {
         Ok(s) => s,
@@ -366,7 +365,6 @@ fn run_native(
         }
     };
     let wall = start.elapsed().as_secs_f64();
-    tp("ran");
     // Saying where a crash happened needs the exact icount.
     if stats || !matches!(stop, StopReason::Exited(_)) {
         m.settle();
@@ -403,9 +401,6 @@ fn run_native(
     // The process ends here: the kernel frees the guest's state at once, faster than
     // dropping it page by page (and replays still running in the background are moot).
     std::mem::forget(m);
-    tp("forgot");
-    drop(vm);
-    tp("vm dropped");
     code
 }
 
@@ -727,15 +722,7 @@ fn demo() -> i32 {
     0
 }
 
-pub fn tp(what: &str) {
-    if std::env::var_os("FX86_DBG").is_some() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        eprintln!("TP {} {what}", t.as_micros());
-    }
-}
-
 fn main() -> Result<()> {
-    tp("main");
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Run {
@@ -751,7 +738,6 @@ fn main() -> Result<()> {
         } => match open_backend(backend) {
             Ok(None) => run(stats, max_insns, seed, snapshot_memory, &prog),
             Ok(Some(mut vm)) => {
-                tp("vm made");
                 vm.cross_check = cross_check;
                 vm.host_flags_match &= !assume_host_flags_differ;
                 if kick_ms > 0 {
