@@ -3024,6 +3024,7 @@ impl NativeVm {
     fn start_settler(&mut self, m: &mut Machine) {
         if self.settler_started
             || self.cross_check
+            || m.settler.is_some()
             || self.first_run.is_none_or(|t| t.elapsed() < SETTLER_AFTER)
         {
             return;
