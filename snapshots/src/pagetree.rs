@@ -191,6 +191,15 @@ impl PageTree {
     /// The page at `pn`, made unique to this tree (copied if shared, created zeroed if absent).
     /// The returned page's cached hash is cleared because the caller is about to write it.
     pub fn get_mut(&mut self, pn: u64) -> &mut Page {
+        let slot = self.slot_mut(pn);
+        let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
+        page.hash = OnceLock::new();
+        page
+    }
+
+    /// The leaf entry for page `pn`, with the nodes on its path made unique to this tree
+    /// (created where absent) and their cached hashes cleared.
+    fn slot_mut(&mut self, pn: u64) -> &mut Option<Arc<Page>> {
         let mut node = Node::make_mut(&mut self.root);
         let mut level = LEVELS - 1;
         loop {
@@ -201,12 +210,7 @@ impl PageTree {
                     node = Node::make_mut(child);
                     level -= 1;
                 }
-                Kids::Leaf(pages) => {
-                    let slot = &mut pages[index(pn, 0)];
-                    let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page::zeroed())));
-                    page.hash = OnceLock::new();
-                    return page;
-                }
+                Kids::Leaf(pages) => return &mut pages[index(pn, 0)],
             }
         }
     }
@@ -214,25 +218,10 @@ impl PageTree {
     /// Sets the bytes of page `pn` to `data`: in place if the page is not shared, else in a
     /// new page (the shared one is neither copied nor changed).
     pub fn put(&mut self, pn: u64, data: &[u8; PAGE_SIZE]) {
-        let mut node = Node::make_mut(&mut self.root);
-        let mut level = LEVELS - 1;
-        loop {
-            match &mut node.kids {
-                Kids::Inner(kids) => {
-                    let slot = &mut kids[index(pn, level)];
-                    let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
-                    node = Node::make_mut(child);
-                    level -= 1;
-                }
-                Kids::Leaf(pages) => {
-                    let slot = &mut pages[index(pn, 0)];
-                    match slot.as_mut().and_then(Arc::get_mut) {
-                        Some(page) => page.data_mut().copy_from_slice(data),
-                        None => *slot = Some(Page::new(data)),
-                    }
-                    return;
-                }
-            }
+        let slot = self.slot_mut(pn);
+        match slot.as_mut().and_then(Arc::get_mut) {
+            Some(page) => page.data_mut().copy_from_slice(data),
+            None => *slot = Some(Page::new(data)),
         }
     }
 
@@ -287,22 +276,7 @@ impl PageTree {
 
     /// Puts a shared page at `pn`.
     pub fn insert(&mut self, pn: u64, page: Arc<Page>) {
-        let mut node = Node::make_mut(&mut self.root);
-        let mut level = LEVELS - 1;
-        loop {
-            match &mut node.kids {
-                Kids::Inner(kids) => {
-                    let slot = &mut kids[index(pn, level)];
-                    let child = slot.get_or_insert_with(|| Arc::new(Node::new(level - 1)));
-                    node = Node::make_mut(child);
-                    level -= 1;
-                }
-                Kids::Leaf(pages) => {
-                    pages[index(pn, 0)] = Some(page);
-                    return;
-                }
-            }
-        }
+        *self.slot_mut(pn) = Some(page);
     }
 
     /// Calls `f` for every present page with number in `lo..hi`, in increasing order.
