@@ -49,6 +49,7 @@ const BURST_GAP_US: u64 = 1000;
 const BURST_WINDOW: u32 = 64;
 const BURST_MIN: u64 = 100_000;
 const BURST_MAX: u64 = 20_000_000;
+const BURST_RETRY: u32 = 64;
 /// See `NativeVm::heat`: an exit costs about as much as interpreting this many instructions,
 /// and classifying a page (decoding it, `classify_page`) this many.
 const EXIT_HEAT: u64 = 10_000;
@@ -496,6 +497,12 @@ pub struct NativeVm {
     burst_pending: bool,
     burst_len: u64,
     last_burst: Option<std::time::Instant>,
+    /// The wall time per in-place execution over the last window that came too fast (see
+    /// `wants_burst`): what each costs natively, exit included.
+    emu_gap: std::time::Duration,
+    /// By the site a burst started at: the interpreter's time per pass of that site in the
+    /// burst, and how many bursts that figure has refused since (see `wants_burst`).
+    burst_cost: BTreeMap<u64, (std::time::Duration, u32)>,
     /// The guest pages the last return from the VM copied back (written natively).
     copied: Vec<u64>,
     /// Pages kicks copied back and not copied since (see `adapt_kick_period`), and how many
@@ -1201,6 +1208,8 @@ impl NativeVm {
             burst_pending: false,
             burst_len: BURST_MIN,
             last_burst: None,
+            emu_gap: std::time::Duration::ZERO,
+            burst_cost: BTreeMap::new(),
             kick_copied: Default::default(),
             copied_again: 0,
             kick_pending: false,
@@ -2362,7 +2371,7 @@ impl NativeVm {
                         false
                     } else {
                         emulated_here += 1;
-                        if self.wants_burst() {
+                        if self.wants_burst(rip) {
                             self.burst_armed = true;
                         }
                         let ins = self.inline_sites[&rip];
@@ -2778,19 +2787,35 @@ impl NativeVm {
         self.drop_stale(m)
     }
 
-    /// Counts an in-place execution; true if they came too fast over the last window (see
-    /// `emu_window`).
-    fn wants_burst(&mut self) -> bool {
+    /// Counts an in-place execution (at `site`); true if they came too fast over the last
+    /// window (see `emu_window`), unless a burst that started at `site` showed that
+    /// interpreting costs more per pass of it than running natively and leaving the VM
+    /// there does: when the site comes around only every million instructions or so, an
+    /// exit per pass is far cheaper than interpreting them all. Such a verdict refuses
+    /// `BURST_RETRY` bursts; then a burst measures again (the program may have moved on).
+    fn wants_burst(&mut self, site: u64) -> bool {
         let (start, n) = &mut self.emu_window;
         *n += 1;
         if *n < BURST_WINDOW {
             return false;
         }
         let now = std::time::Instant::now();
-        let fast = now.duration_since(*start)
-            < std::time::Duration::from_micros(BURST_GAP_US * BURST_WINDOW as u64);
+        let window = now.duration_since(*start);
         (*start, *n) = (now, 0);
-        fast
+        if window >= std::time::Duration::from_micros(BURST_GAP_US * BURST_WINDOW as u64) {
+            return false;
+        }
+        self.emu_gap = window / BURST_WINDOW;
+        match self.burst_cost.get_mut(&site) {
+            Some((cost, refused)) if *cost >= self.emu_gap => {
+                *refused += 1;
+                if *refused >= BURST_RETRY {
+                    self.burst_cost.remove(&site);
+                }
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Lengthens the kick period when kicks make many pages be copied twice. A page a kick
@@ -2874,18 +2899,20 @@ impl NativeVm {
                 // The replay pauses at the site, as the VM did.
                 Arc::make_mut(&mut trap_sites).insert(m.cpu.rip);
             }
-            // Exits at patched sites that must leave the VM count as well, and a burst may
-            // start at any of them.
+            // Exits at patched sites that must leave the VM count as well, and so do entries
+            // into code that must be interpreted; a burst may start at any of them.
             let burst = at_site
-                || matches!(
-                    ev,
+                || match ev {
                     Event::Exception {
-                        interpret: false,
-                        ..
+                        interpret: false, ..
+                    } => {
+                        let fast = self.wants_burst(m.cpu.rip);
+                        std::mem::take(&mut self.burst_armed) || fast
                     }
-                ) && {
-                    let fast = self.wants_burst();
-                    std::mem::take(&mut self.burst_armed) || fast
+                    Event::Exception {
+                        interpret: true, ..
+                    } => self.wants_burst(m.cpu.rip),
+                    _ => false,
                 };
             if self.kicker.is_some() {
                 self.adapt_kick_period(matches!(ev, Event::Kicked { .. }));
@@ -2945,6 +2972,37 @@ impl NativeVm {
             {
                 // A kick: nothing to execute; the next stretch starts here.
                 StopReason::Limit
+            } else if burst {
+                // Consecutive bursts grow (the site stays hot); one after a quiet spell starts
+                // short again.
+                let now = std::time::Instant::now();
+                self.burst_len = if self
+                    .last_burst
+                    .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(100))
+                {
+                    (self.burst_len * 2).min(BURST_MAX)
+                } else {
+                    BURST_MIN
+                };
+                self.stats.bursts += 1;
+                if interpret {
+                    *self.heat.entry(entry_page).or_default() += EXIT_HEAT;
+                }
+                // (Passes of the site it starts at are counted: see `wants_burst`.)
+                let site = m.cpu.rip;
+                m.site_visits = Some((site, 0));
+                let stop = m.interpret(m.icount + self.burst_len);
+                let passes = m.site_visits.take().map_or(0, |(_, n)| n).max(1);
+                let end = std::time::Instant::now();
+                let cost = end.duration_since(now) / passes.min(u32::MAX as u64) as u32;
+                self.burst_cost.insert(site, (cost, 0));
+                self.last_burst = if cost >= self.emu_gap {
+                    // A loss: the next burst, if any, starts short again.
+                    None
+                } else {
+                    Some(end)
+                };
+                stop
             } else if interpret {
                 // Run the pages that must be interpreted, until execution leaves them or
                 // decoding shows that one it is on can run natively after all (once running
@@ -2967,22 +3025,6 @@ impl NativeVm {
                         break stop;
                     }
                 }
-            } else if burst {
-                // Consecutive bursts grow (the site stays hot); one after a quiet spell starts
-                // short again.
-                let now = std::time::Instant::now();
-                self.burst_len = if self
-                    .last_burst
-                    .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(100))
-                {
-                    (self.burst_len * 2).min(BURST_MAX)
-                } else {
-                    BURST_MIN
-                };
-                self.stats.bursts += 1;
-                let stop = m.interpret(m.icount + self.burst_len);
-                self.last_burst = Some(std::time::Instant::now());
-                stop
             } else {
                 m.step_one()
             };
@@ -3674,6 +3716,10 @@ pub(crate) trait Beyond {
     fn insn(&mut self, va: u64) -> Option<iced_x86::Instruction>;
     /// The jump target held by the 8 bytes at `va`, under the same conditions.
     fn slot(&mut self, va: u64) -> Option<u64>;
+    /// Whether the first `len` bytes of the code page at `next`, the end of an instruction
+    /// that starts on the page being classified, run natively as decoded and may be relied
+    /// upon under the same conditions.
+    fn straddle(&mut self, next: u64, len: usize) -> bool;
 }
 
 /// What a classification may follow beyond its page (see `Beyond`): code on pages that run
@@ -3739,6 +3785,24 @@ impl Beyond for Followed<'_> {
             page.data()[off..off + 8].try_into().expect("8 bytes"),
         ))
     }
+
+    fn straddle(&mut self, next: u64, len: usize) -> bool {
+        let pn = next >> 12;
+        let prot = self.m.mem.vma_at(next).map_or(0, |(_, v)| v.prot);
+        if prot & PROT_EXEC == 0 || prot & PROT_WRITE != 0 || self.forced.contains(&pn) {
+            return false;
+        }
+        let Some(sites) = self.patched.get(&pn) else {
+            // Classified again once that page is (at the instruction after this one).
+            self.waits.entry(pn).or_insert(next + len as u64);
+            return false;
+        };
+        if sites.iter().any(|&s| (s as usize) < len) {
+            return false;
+        }
+        self.deps.insert(pn);
+        true
+    }
 }
 
 /// Writes to a guarded page after which its jump slots are no longer followed.
@@ -3756,6 +3820,9 @@ impl Beyond for Nowhere {
     }
     fn slot(&mut self, _va: u64) -> Option<u64> {
         None
+    }
+    fn straddle(&mut self, _next: u64, _len: usize) -> bool {
+        false
     }
 }
 
@@ -3798,8 +3865,18 @@ fn live_divergent(
                 return true;
             }
             let ins = match on_page(va) {
+                // (An instruction that runs into the next page relies on its bytes there.)
                 Some(off) => match insns.get(&off) {
-                    Some(i) if !live.contains(&off) && off + i.len() <= PAGE_SIZE => *i,
+                    Some(i)
+                        if !live.contains(&off)
+                            && (off + i.len() <= PAGE_SIZE
+                                || beyond.straddle(
+                                    (base & !0xfff) + PAGE_SIZE as u64,
+                                    off + i.len() - PAGE_SIZE,
+                                )) =>
+                    {
+                        *i
+                    }
                     _ => return true,
                 },
                 None => match beyond.insn(va) {
@@ -4163,6 +4240,9 @@ mod tests {
         fn slot(&mut self, va: u64) -> Option<u64> {
             self.slots.get(&va).copied()
         }
+        fn straddle(&mut self, next: u64, len: usize) -> bool {
+            self.code.get(&next).is_some_and(|b| b.len() >= len)
+        }
     }
 
     #[test]
@@ -4212,6 +4292,49 @@ mod tests {
         let mut no_slot = with(&[0x48, 0x83, 0xf8, 0x01, 0xc3]);
         no_slot.slots.clear();
         assert_eq!(classify(&jump, &mut no_slot), Ok(vec![0x100]));
+    }
+
+    #[test]
+    fn undefined_flags_are_followed_into_an_instruction_that_runs_into_the_next_page() {
+        // At 0xff9: shr edx,cl; shr r9d,cl; sub edx,r9d (its last byte on the next page);
+        // there: ret. The subtraction overwrites every flag the shifts leave undefined, as
+        // in glibc's strcmp, where both shifts were interpreted before.
+        let mut p = vec![0xcc; PAGE_SIZE + 15];
+        p[0xff9..0x1002].copy_from_slice(&[0xd3, 0xea, 0x41, 0xd3, 0xe9, 0x44, 0x29, 0xca, 0xc3]);
+        let seeds = [BASE + 0xff9];
+        let mut next = Elsewhere {
+            code: [(BASE + 0x1000, p[0x1000..].to_vec())].into(),
+            slots: BTreeMap::new(),
+        };
+        assert_eq!(
+            classify_page(&p, BASE, &seeds, Some(&mut next), || None),
+            Ok(vec![])
+        );
+        // The next page may not be relied upon (not classified, or it could change).
+        assert_eq!(
+            classify_page(&p, BASE, &seeds, Some(&mut Elsewhere::default()), || None),
+            Ok(vec![0xff9, 0xffb])
+        );
+    }
+
+    #[test]
+    fn a_burst_counts_the_passes_of_its_site() {
+        // mov ecx,10; l: add eax,1; dec ecx; jnz l; nop; jmp $
+        let code = [
+            0xb9, 0x0a, 0x00, 0x00, 0x00, 0x83, 0xc0, 0x01, 0xff, 0xc9, 0x75, 0xf9, 0x90, 0xeb,
+            0xfe,
+        ];
+        for (site, passes) in [
+            (0x40_0008, 10),
+            (0x40_0000, 1),
+            (0x40_000c, 1),
+            (0x40_0020, 0),
+        ] {
+            let mut m = Machine::bare(&code, Box::new(NoHost));
+            m.site_visits = Some((site, 0));
+            assert_eq!(m.interpret(50), StopReason::Limit);
+            assert_eq!(m.site_visits, Some((site, passes)), "site {site:#x}");
+        }
     }
 
     #[test]

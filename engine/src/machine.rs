@@ -162,6 +162,9 @@ pub struct Machine {
     /// after at least one (see `Timeline::step_in_range`).
     pub(crate) step_range: Option<(u64, u64)>,
     pub(crate) paused: bool,
+    /// While set, counts the blocks run that hold the instruction at `.0` (the KVM backend's
+    /// measure of how often a burst of interpretation passes the site that started it).
+    pub(crate) site_visits: Option<(u64, u64)>,
     /// Replaying a native stretch: pages it could not execute natively (pause on reaching
     /// an instruction that touches one).
     pub(crate) pause_pages: Option<Arc<std::collections::BTreeSet<u64>>>,
@@ -342,6 +345,7 @@ impl Machine {
             pause_at_events: false,
             step_range: None,
             paused: false,
+            site_visits: None,
             pause_pages: None,
             pause_sites: None,
             pause_match: None,
@@ -595,6 +599,11 @@ impl Machine {
             // SAFETY: `blocks.cur` keeps this block alive and is replaced only above, between
             // blocks; invalidation while the block runs only marks it stale (`cur_start`).
             let block: &[Op] = unsafe { &*Arc::as_ptr(cur) };
+            if let Some((site, n)) = self.site_visits.as_mut() {
+                if (rip..block.last().map_or(rip, |o| o.next)).contains(site) {
+                    *n += 1;
+                }
+            }
             // Replaying a native stretch: look closer only in blocks that touch a page
             // that had to be interpreted, or hold a site patched to leave the VM (found
             // once per block start, not on every execution of the block).
