@@ -60,6 +60,10 @@ enum Cmd {
         /// model, so that instructions whose undefined flags can be seen are interpreted.
         #[arg(long, hide = true)]
         assume_host_flags_differ: bool,
+        /// Measuring aid for --backend kvm: never interpret bursts in place of frequent exits
+        /// (so that `benches/run.sh` times the exits themselves).
+        #[arg(long, hide = true)]
+        no_bursts: bool,
         /// With --backend kvm: interrupt the VM every N milliseconds (0: never), cutting long
         /// native stretches at exact states that replay finds again, so that they can be
         /// replayed on all cores at once.
@@ -733,6 +737,7 @@ fn main() -> Result<()> {
             backend,
             cross_check,
             assume_host_flags_differ,
+            no_bursts,
             kick_ms,
             prog,
         } => match open_backend(backend) {
@@ -740,6 +745,7 @@ fn main() -> Result<()> {
             Ok(Some(mut vm)) => {
                 vm.cross_check = cross_check;
                 vm.host_flags_match &= !assume_host_flags_differ;
+                vm.bursts &= !no_bursts;
                 if kick_ms > 0 {
                     vm.kick_every(std::time::Duration::from_millis(kick_ms));
                 }

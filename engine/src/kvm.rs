@@ -475,6 +475,8 @@ pub struct NativeVm {
     /// Replay every stretch at once and compare the interpreter's state with the native
     /// one at its end (slow; for tests).
     pub cross_check: bool,
+    /// Whether frequent exits may be replaced by bursts of interpretation (see `emu_window`).
+    pub bursts: bool,
     /// This CPU sets undefined flags as the model does (see `host_flags_match_model`); if
     /// not, instructions whose undefined flags could be observed are interpreted.
     pub host_flags_match: bool,
@@ -1208,6 +1210,7 @@ impl NativeVm {
             burst_pending: false,
             burst_len: BURST_MIN,
             last_burst: None,
+            bursts: true,
             emu_gap: std::time::Duration::ZERO,
             burst_cost: BTreeMap::new(),
             kick_copied: Default::default(),
@@ -2794,6 +2797,9 @@ impl NativeVm {
     /// exit per pass is far cheaper than interpreting them all. Such a verdict refuses
     /// `BURST_RETRY` bursts; then a burst measures again (the program may have moved on).
     fn wants_burst(&mut self, site: u64) -> bool {
+        if !self.bursts {
+            return false;
+        }
         let (start, n) = &mut self.emu_window;
         *n += 1;
         if *n < BURST_WINDOW {
@@ -2900,7 +2906,7 @@ impl NativeVm {
                 Arc::make_mut(&mut trap_sites).insert(m.cpu.rip);
             }
             // Exits at patched sites that must leave the VM count as well, and so do entries
-            // into code that must be interpreted; a burst may start at any of them.
+            // into code that must be interpreted and syscalls; a burst may start at any.
             let burst = at_site
                 || match ev {
                     Event::Exception {
@@ -2911,7 +2917,8 @@ impl NativeVm {
                     }
                     Event::Exception {
                         interpret: true, ..
-                    } => self.wants_burst(m.cpu.rip),
+                    }
+                    | Event::Syscall(_) => self.wants_burst(m.cpu.rip),
                     _ => false,
                 };
             if self.kicker.is_some() {
