@@ -1590,6 +1590,11 @@ impl NativeVm {
         if self.deps.contains_key(&pn) {
             self.stale.push(pn);
         }
+        self.unpatch_keeping_deps(pn);
+    }
+
+    /// `unpatch` without classifying again the pages that relied on `pn`.
+    fn unpatch_keeping_deps(&mut self, pn: u64) {
         if self.patched.remove(&pn).is_some() {
             let sites = Arc::make_mut(&mut self.trap_sites);
             let gone: Vec<u64> = sites.range(pn << 12..(pn + 1) << 12).copied().collect();
@@ -1923,7 +1928,14 @@ impl NativeVm {
                 Some(page) => self.frame_mut(f).copy_from_slice(page.data()),
                 None => self.frame_mut(f).fill(0),
             }
-            self.unpatch(p);
+            // Classified again at once (it was running natively, so it is hot). The pages
+            // that relied on it need not follow as long as it still runs natively with no
+            // site it did not have: what they relied on still holds. Otherwise they are
+            // classified again too (two pages whose searches run into each other would
+            // otherwise undo each other's classification over and over).
+            let before = self.patched.get(&p).cloned().unwrap_or_default();
+            let relied_on = self.deps.contains_key(&p);
+            self.unpatch_keeping_deps(p);
             self.tried.remove(&p);
             *self.redos.entry(p).or_default() += 1;
             self.stats.reclassified += 1;
@@ -1932,6 +1944,14 @@ impl NativeVm {
                 self.set_pte(p, f, prot)?;
             }
             self.flush = true;
+            self.classify_from(m, p, None)?;
+            let kept = self
+                .patched
+                .get(&p)
+                .is_some_and(|now| now.iter().all(|s| before.contains(s)));
+            if relied_on && !kept {
+                self.stale.push(p);
+            }
         }
     }
 
