@@ -373,6 +373,35 @@ fn python_hashing_strings_runs_natively() {
 }
 
 #[test]
+fn perls_hash_loop_runs_natively() {
+    if !kvm_usable() {
+        return;
+    }
+    // An instruction at the end of a native page runs into the next page, which must be
+    // interpreted: the exit was blamed on the first page, so the second was never hot enough
+    // to be classified, and each iteration left the VM (later: ran in bursts).
+    let script =
+        "my %h; for my $i (1..30000) { $h{$i*7 % 1013} += $i } print scalar(keys %h), qq(\n)";
+    let mut c = fx86();
+    c.args([
+        "run",
+        "--backend",
+        "kvm",
+        "--assume-host-flags-differ",
+        "--stats",
+        "--",
+    ])
+    .args(["/usr/bin/perl", "-e", script]);
+    let o = run_with_input(c, b"");
+    assert_eq!(lossy(&o.stdout), "1013\n", "{}", lossy(&o.stderr));
+    let line = stats_line(&o);
+    assert!(
+        stat_num(&line, "interpreted_insns") * 5 < stat_num(&line, "icount"),
+        "perl is interpreted: {line}"
+    );
+}
+
+#[test]
 fn flags_and_fallbacks_explain_themselves() {
     if !kvm_usable() {
         return;

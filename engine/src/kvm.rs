@@ -2989,7 +2989,16 @@ impl NativeVm {
             if self.cross_check {
                 m.try_settle(Some(syscall))?;
             }
-            let entry_page = m.cpu.rip >> 12;
+            // (Where an instruction runs into a page that must be interpreted, that page.)
+            let entry_page = match m.cpu.rip >> 12 {
+                pn if interpret
+                    && !self.interp_pages.contains(&pn)
+                    && self.interp_pages.contains(&(pn + 1)) =>
+                {
+                    pn + 1
+                }
+                pn => pn,
+            };
             let interp_from = m.icount - m.native_settled;
             let stop = if m
                 .unsettled
