@@ -402,6 +402,22 @@ fn perls_hash_loop_runs_natively() {
 }
 
 #[test]
+fn bit_scans_run_natively_as_the_model_executes_them() {
+    if !kvm_usable() {
+        return;
+    }
+    // `rep bsf` (tzcnt) and `lzcnt` in a hot loop: the model executes them as bsf and bsr;
+    // rewritten so, they run natively instead of leaving the VM on every pass.
+    let bin = build(&guest_src("bitscan.c"), "gcc", "-O2");
+    let line = kvm_stats_as_if_flags_differ(&bin, &[]);
+    assert!(
+        stat_num(&line, "interpreted_insns") * 10 < stat_num(&line, "icount"),
+        "bit scans are interpreted: {line}"
+    );
+    assert_eq!(stat_num(&line, "bursts"), 0, "{line}");
+}
+
+#[test]
 fn flags_and_fallbacks_explain_themselves() {
     if !kvm_usable() {
         return;

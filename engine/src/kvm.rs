@@ -1850,18 +1850,48 @@ impl NativeVm {
         };
         // 06 (`push es`) is invalid in 64-bit mode: #UD at the very instruction, and one
         // byte fits anywhere (also before an instruction that runs into the next page).
-        for &o in &sites {
-            self.frame_mut(f)[o as usize] = 0x06;
+        let decoded: Vec<(u64, iced_x86::Instruction)> = sites
+            .iter()
+            .map(|&o| {
+                let at = (pn << 12) + o as u64;
+                let ins = iced_x86::Decoder::with_ip(
+                    64,
+                    &bytes[o as usize..avail],
+                    at,
+                    iced_x86::DecoderOptions::NONE,
+                )
+                .decode();
+                (at, ins)
+            })
+            .collect();
+        // `tzcnt`/`lzcnt` run natively as the model runs them (see `model_prefix`); one
+        // whose prefixes do not allow that leaves the page to the interpreter.
+        let mut rewrites = Vec::new();
+        for (at, ins) in &decoded {
+            if rewritten_natively(ins) {
+                let o = (at & 0xfff) as usize;
+                match model_prefix(ins, &bytes[o..avail]) {
+                    Some(k) => rewrites.push(o + k),
+                    None => {
+                        self.tried.insert(pn, (seeds.len(), true));
+                        return Ok(());
+                    }
+                }
+            }
         }
-        for &o in &sites {
-            let at = (pn << 12) + o as u64;
-            let mut d = iced_x86::Decoder::with_ip(
-                64,
-                &bytes[o as usize..avail],
-                at,
-                iced_x86::DecoderOptions::NONE,
-            );
-            let ins = d.decode();
+        for (at, ins) in &decoded {
+            if !rewritten_natively(ins) {
+                self.frame_mut(f)[(at & 0xfff) as usize] = 0x06;
+            }
+        }
+        for k in rewrites {
+            // A CS override, which 64-bit mode ignores, in place of the F3.
+            self.frame_mut(f)[k] = 0x2e;
+        }
+        for (at, ins) in decoded {
+            if rewritten_natively(&ins) {
+                continue;
+            }
             if emulate_inline(&ins) {
                 self.inline_sites.insert(at, ins);
             } else {
@@ -3137,7 +3167,37 @@ const SETTLER_AFTER: std::time::Duration = std::time::Duration::from_millis(100)
 /// True if a native stretch ends at `ins` (a replay pauses before it): a model-specific
 /// instruction the VM does not execute in place (`emulate_inline`: `cpuid`).
 pub(crate) fn ends_a_stretch(ins: &iced_x86::Instruction) -> bool {
-    model_specific(ins) && ins.mnemonic() != iced_x86::Mnemonic::Cpuid
+    model_specific(ins) && ins.mnemonic() != iced_x86::Mnemonic::Cpuid && !rewritten_natively(ins)
+}
+
+/// True for a `tzcnt`/`lzcnt` encoding (F3 0F BC/BD) that runs natively rewritten as what
+/// the model, which has neither BMI1 nor LZCNT, executes: `bsf`/`bsr` (see `model_prefix`).
+/// GCC emits `rep bsf` for `__builtin_ctz` in generic code, often in hot loops; as a site
+/// it would leave the VM on every pass.
+pub(crate) fn rewritten_natively(ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::{EncodingKind, Mnemonic as M, Register};
+    matches!(ins.mnemonic(), M::Tzcnt | M::Lzcnt)
+        && ins.encoding() == EncodingKind::Legacy
+        && ins.segment_prefix() == Register::None
+        && !ins.has_lock_prefix()
+}
+
+/// Where the F3 prefix of `ins` (`rewritten_natively`, starting at `bytes`) is, if its
+/// prefixes are only 66, 67 and that one F3, then REX or the 0F escape: replaced by a CS
+/// override (2E, ignored in 64-bit mode), the host decodes the same bytes as `bsf`/`bsr`,
+/// as the model does. (Those set their undefined flags alike on the CPUs the probe and the
+/// undefined-flags test know; a zero source leaves the destination as it was.)
+fn model_prefix(ins: &iced_x86::Instruction, bytes: &[u8]) -> Option<usize> {
+    let mut f3 = None;
+    for (k, &b) in bytes.iter().enumerate().take(ins.len()) {
+        match b {
+            0xf3 if f3.is_none() => f3 = Some(k),
+            0x66 | 0x67 => {}
+            0x0f | 0x40..=0x4f => return f3,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// True if the hardware may execute `ins` differently from the model, so it must not run
