@@ -353,23 +353,8 @@ fn python_hashing_strings_runs_natively() {
     // page. Each page's classification once undid the other's, over and over, until both
     // were searched no further: half of the program ran in the interpreter.
     let script = "d = {}\nfor i in range(50000): d[str(i)] = i\nprint(sum(d.values()))";
-    let mut c = fx86();
-    c.args([
-        "run",
-        "--backend",
-        "kvm",
-        "--assume-host-flags-differ",
-        "--stats",
-        "--",
-    ])
-    .args(["/usr/bin/python3.11", "-S", "-c", script]);
-    let o = run_with_input(c, b"");
-    assert_eq!(lossy(&o.stdout), "1249975000\n", "{}", lossy(&o.stderr));
-    let line = stats_line(&o);
-    assert!(
-        stat_num(&line, "interpreted_insns") * 5 < stat_num(&line, "icount"),
-        "python is interpreted: {line}"
-    );
+    let py = Path::new("/usr/bin/python3.11");
+    assert_mostly_native(&kvm_stats_as_if_flags_differ(py, &["-S", "-c", script]), 5);
 }
 
 #[test]
@@ -380,25 +365,9 @@ fn perls_hash_loop_runs_natively() {
     // An instruction at the end of a native page runs into the next page, which must be
     // interpreted: the exit was blamed on the first page, so the second was never hot enough
     // to be classified, and each iteration left the VM (later: ran in bursts).
-    let script =
-        "my %h; for my $i (1..30000) { $h{$i*7 % 1013} += $i } print scalar(keys %h), qq(\n)";
-    let mut c = fx86();
-    c.args([
-        "run",
-        "--backend",
-        "kvm",
-        "--assume-host-flags-differ",
-        "--stats",
-        "--",
-    ])
-    .args(["/usr/bin/perl", "-e", script]);
-    let o = run_with_input(c, b"");
-    assert_eq!(lossy(&o.stdout), "1013\n", "{}", lossy(&o.stderr));
-    let line = stats_line(&o);
-    assert!(
-        stat_num(&line, "interpreted_insns") * 5 < stat_num(&line, "icount"),
-        "perl is interpreted: {line}"
-    );
+    let script = "my %h; for my $i (1..30000) { $h{$i*7 % 1013} += $i } print scalar(keys %h)";
+    let perl = Path::new("/usr/bin/perl");
+    assert_mostly_native(&kvm_stats_as_if_flags_differ(perl, &["-e", script]), 5);
 }
 
 #[test]
@@ -410,11 +379,17 @@ fn bit_scans_run_natively_as_the_model_executes_them() {
     // rewritten so, they run natively instead of leaving the VM on every pass.
     let bin = build(&guest_src("bitscan.c"), "gcc", "-O2");
     let line = kvm_stats_as_if_flags_differ(&bin, &[]);
-    assert!(
-        stat_num(&line, "interpreted_insns") * 10 < stat_num(&line, "icount"),
-        "bit scans are interpreted: {line}"
-    );
+    assert_mostly_native(&line, 10);
     assert_eq!(stat_num(&line, "bursts"), 0, "{line}");
+}
+
+/// Asserts that at most 1/`part` of the instructions of the kvm run whose `--stats` line is
+/// `line` were interpreted.
+fn assert_mostly_native(line: &str, part: u64) {
+    assert!(
+        stat_num(line, "interpreted_insns") * part < stat_num(line, "icount"),
+        "interpreted: {line}"
+    );
 }
 
 #[test]
