@@ -382,7 +382,7 @@ fn run_native(
         let s = vm.stats;
         eprintln!(
             "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} backend=kvm \
-             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} bursts={} early_settles={} page_faults={} dirty_pages={} pattern_pages={} blocks={} guard_hits={} reclassified={} replays={}",
+             settle={settle:.3} syscalls={} kicks={} exceptions={} host_flags={} interpreted={} interpreted_insns={} emulated={} bursts={} early_settles={} page_faults={} dirty_pages={} pattern_pages={} blocks={} guard_hits={} reclassified={} replays={} waits={}",
             hash.to_hex(),
             s.syscalls,
             s.kicks,
@@ -399,7 +399,8 @@ fn run_native(
             s.blocks,
             s.guard_hits,
             s.reclassified,
-            m.native_replays
+            m.native_replays,
+            m.native_waits
         );
     }
     // The process ends here: the kernel frees the guest's state at once, faster than

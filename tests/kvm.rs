@@ -309,6 +309,43 @@ fn real_programs_with_input() {
     }
 }
 
+/// `fx86 run` passes input through: reading it needs no exact icount, so the native
+/// stretches before each read are settled in the background while the guest runs on (a
+/// recording keys input on the exact icount: see `recordings_made_natively_equal_the_interpreters`).
+#[test]
+fn reading_input_does_not_wait_for_native_stretches() {
+    if !kvm_usable() {
+        return;
+    }
+    let digest = build(&guest_src("digest.c"), "gcc", "-O2");
+    let mut r = Rng(11);
+    let text: String = (0..200_000).map(|_| format!("{:x}\n", r.next())).collect();
+    let dir = scratch("kvm", "input-waits");
+    let file = dir.join("data.txt");
+    std::fs::write(&file, &text[..4096]).expect("write input");
+    let args = [file.to_str().expect("utf-8"), dir.to_str().expect("utf-8")];
+    let mut i = fx86();
+    i.args(["run", "--stats", "--"]).arg(&digest).args(args);
+    let interp = run_with_input(i, text.as_bytes());
+    let mut k = fx86();
+    k.args(["run", "--backend", "kvm", "--stats", "--"])
+        .arg(&digest)
+        .args(args);
+    let kvm = run_with_input(k, text.as_bytes());
+    assert_eq!(lossy(&kvm.stdout), lossy(&interp.stdout));
+    assert!(
+        lossy(&kvm.stdout).contains("200000 lines"),
+        "{}",
+        lossy(&kvm.stdout)
+    );
+    let (kline, iline) = (stats_line(&kvm), stats_line(&interp));
+    for key in ["icount", "state", "exit"] {
+        assert_eq!(stat_field(&kline, key), stat_field(&iline, key), "{key}");
+    }
+    assert!(stat_num(&kline, "syscalls") >= 10, "{kline}");
+    assert_eq!(stat_num(&kline, "waits"), 0, "{kline}");
+}
+
 #[test]
 fn python_runs_natively() {
     if !kvm_usable() {

@@ -39,6 +39,12 @@ pub trait Host: Send {
     fn needs_icount(&self) -> bool {
         false
     }
+    /// Whether reads from stdin need their exact icount (`at_icount` keys input on it for
+    /// recordings and replays). A host that only passes input through does not, and on the
+    /// KVM backend a read then need not wait for native stretches to be settled.
+    fn keys_stdin(&self) -> bool {
+        true
+    }
     /// Told of each guest event (syscall, signal) as it happens, for timelines to mark.
     fn event(&mut self, _ev: GuestEvent) {}
     /// Whether the icounts `at_icount` and `event` give from now on are inexact: on the KVM
@@ -107,6 +113,10 @@ impl Host for StdHost {
             let _ = o.write_all(data);
             let _ = o.flush();
         }
+    }
+
+    fn keys_stdin(&self) -> bool {
+        false
     }
 
     fn diagnostic(&mut self, msg: &str) {

@@ -208,6 +208,9 @@ pub struct Machine {
     /// Snapshots taken while settling native stretches (timelines on the KVM backend).
     pub(crate) snapshot_log: Option<Arc<std::sync::Mutex<crate::kvm::SnapshotLog>>>,
     /// Native stretches replayed so far to learn their lengths.
+    /// Times the guest waited for native stretches to be replayed, to learn the exact
+    /// icount in the middle of a run (clock reads, input keyed on it).
+    pub native_waits: u64,
     pub native_replays: u64,
     /// Instructions added to `icount` by settling native stretches (see `kvm`).
     pub native_settled: u64,
@@ -378,6 +381,7 @@ impl Machine {
             checkpoint_log: None,
             snapshot_log: None,
             native_replays: 0,
+            native_waits: 0,
             native_settled: 0,
         }
     }
@@ -749,6 +753,7 @@ impl Machine {
     /// and recordings need it).
     pub fn now(&mut self) -> u64 {
         if self.unsettled.is_some() {
+            self.native_waits += 1;
             self.settle();
         }
         self.icount

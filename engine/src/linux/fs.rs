@@ -733,11 +733,13 @@ impl Machine {
                 if at.is_some() {
                     return Err(ESPIPE);
                 }
-                // Input is keyed by the exact icount of the read that took it (recordings),
-                // even on the KVM backend, where other syscalls need not settle.
-                let icount = self.now();
-                self.host.inexact(false);
-                self.host.at_icount(icount);
+                // Input is keyed by the exact icount of the read that took it (recordings,
+                // timelines), even on the KVM backend, where other syscalls need not settle.
+                if self.host.keys_stdin() {
+                    let icount = self.now();
+                    self.host.inexact(false);
+                    self.host.at_icount(icount);
+                }
                 self.host.read_stdin(n)
             }
             OfdKind::Stdout | OfdKind::Stderr => return Err(EBADF),
