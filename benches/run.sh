@@ -8,6 +8,7 @@
 # what limits the kvm figure: exits to fx86 (syscalls, exceptions, instructions executed for the
 # VM in place, interpreted pages, kicks) and the share of instructions interpreted; last, the
 # native time with glibc held to the model's ISA (natisa_s, see MODEL_ISA) and kvm's ratio to it.
+# Last, kvm's forward speed once running (the rate at two sizes) apart from its start-up cost.
 #   usage: benches/run.sh [RUNS]      (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,4 +90,33 @@ if [ -n "$KVM" ]; then
   # (--no-bursts: every call leaves the VM; by default a loop this dense is interpreted in bursts.)
   printf "%-28s %12.2f\n" "fx86 --backend kvm" "$(per_call $FX86 run --backend kvm --no-bursts -- "$OUT/../exit-syscalls")"
   printf "%-28s %12.2f\n" "  the same, bursts allowed" "$(per_call $FX86 run --backend kvm -- "$OUT/../exit-syscalls")"
+fi
+# Forward speed on kvm once running: each guest natively and on kvm at its default size and at
+# about four times the work, and the ratio of the differences. The whole-run ratio above also
+# counts what a run costs kvm before and after the guest's own work (making the VM, loading,
+# the first instructions interpreted, copying back and tearing down: milliseconds, which
+# dominate the guests that take a few milliseconds natively); extra_ms shows that cost at both
+# sizes. heap's larger size adds rounds, not memory.
+if [ -n "$KVM" ]; then
+  declare -A BIG=([bytecode]=12000000 [hash]=160 [heap]=80 [matrix]=254 [sort]=1600000 [strfn]=12000)
+  printf "\n%-10s %10s %10s %10s %10s %12s %10s %10s\n" guest native_s native4_s kvm_s kvm4_s fwd_kvm/nat extra_ms extra4_ms
+  RF=()
+  for bin in "$OUT"/*; do
+    b=$(basename "$bin"); big=${BIG[$b]:-}
+    [ -n "$big" ] || continue
+    n1=(); n4=(); k1=(); k4=()
+    for _ in $(seq "$RUNS"); do
+      t0=$(now); "$bin" >/dev/null; t1=$(now); n1+=("$(echo "$t1 - $t0" | bc -l)")
+      t0=$(now); $FX86 run --backend kvm -- "$bin" >/dev/null; t1=$(now); k1+=("$(echo "$t1 - $t0" | bc -l)")
+      t0=$(now); "$bin" "$big" >/dev/null; t1=$(now); n4+=("$(echo "$t1 - $t0" | bc -l)")
+      t0=$(now); $FX86 run --backend kvm -- "$bin" "$big" >/dev/null; t1=$(now); k4+=("$(echo "$t1 - $t0" | bc -l)")
+    done
+    a=$(printf "%s\n" "${n1[@]}" | median); c=$(printf "%s\n" "${n4[@]}" | median)
+    k=$(printf "%s\n" "${k1[@]}" | median); d=$(printf "%s\n" "${k4[@]}" | median)
+    rf=$(echo "($c - $a) / ($d - $k)" | bc -l)
+    printf "%-10s %10.3f %10.3f %10.3f %10.3f %12.3f %10.1f %10.1f\n" "$b" "$a" "$c" "$k" "$d" "$rf" \
+      "$(echo "($k - $a) * 1000" | bc -l)" "$(echo "($d - $c) * 1000" | bc -l)"
+    RF+=("$rf")
+  done
+  printf "\ngeomean forward kvm/native %s\n" "$(geomean "${RF[@]}")"
 fi

@@ -511,9 +511,11 @@ impl Machine {
     }
 
     fn decode_block(&mut self, rip: u64) -> Result<Block, Ex> {
-        let mut bytes = [0u8; 4096 + 16];
+        // A block holds at most MAX_BLOCK instructions of at most 15 bytes each: no more is
+        // fetched (the rest of the page would be copied for every block decoded).
+        let mut bytes = [0u8; 15 * MAX_BLOCK];
         let page_left = 4096 - (rip & 0xfff) as usize;
-        let want = page_left + 15;
+        let want = (page_left + 15).min(bytes.len());
         let n = self.mem.fetch(rip, &mut bytes[..want]).map_err(Ex::Fault)?;
         let mut dec = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
         let mut out = Vec::with_capacity(16);
