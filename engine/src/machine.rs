@@ -600,7 +600,7 @@ impl Machine {
         self.mem.watch_hit = None;
         // (block start, last byte) → (touches a pause page, holds a pause site, holds the
         // pause match's RIP).
-        let mut pause_cache = [(u64::MAX, 0u64, false, false, false); 64];
+        let mut pause_cache = [(u64::MAX, 0u64, false, false, false, false); 64];
         loop {
             if self.icount >= limit {
                 return StopReason::Limit;
@@ -635,7 +635,7 @@ impl Machine {
             // Replaying a native stretch: look closer only in blocks that touch a page
             // that had to be interpreted, or hold a site patched to leave the VM (found
             // once per block start, not on every execution of the block).
-            let (check_pages, check_sites, check_match) = if pausing {
+            let (check_pages, check_sites, check_match, traps) = if pausing {
                 let last = block.last().map_or(rip, |o| o.next - 1);
                 let slot = &mut pause_cache[((rip ^ (rip >> 7)) & 63) as usize];
                 if (slot.0, slot.1) != (rip, last) {
@@ -650,50 +650,56 @@ impl Machine {
                         .pause_match
                         .as_ref()
                         .is_some_and(|p| (rip..=last).contains(&p.rip));
-                    *slot = (rip, last, pages, sites, matching);
+                    let traps = sites || block.iter().any(|o| o.native_trap);
+                    *slot = (rip, last, pages, sites, matching, traps);
                 }
-                (slot.2, slot.3, slot.4)
+                (slot.2, slot.3, slot.4, slot.5)
             } else {
-                (false, false, false)
+                (false, false, false, false)
             };
+            // Whether any instruction of the block needs a look before it runs (most need
+            // none: the checks below then cost one test per instruction).
+            let careful = bps || check_match || check_pages || traps;
             for op in block.iter() {
                 // (Settling native stretches may move `icount` past `limit` mid-block.)
                 let budget = limit.saturating_sub(self.icount);
                 if budget == 0 {
                     return StopReason::Limit;
                 }
-                if bps && self.icount != start {
-                    if self.breakpoints.contains(&self.cpu.rip) {
-                        return StopReason::Breakpoint(self.cpu.rip);
-                    }
-                    if let Some((a, b)) = self.step_range {
-                        if !(a..b).contains(&self.cpu.rip) {
-                            return StopReason::Limit;
+                if careful {
+                    if bps && self.icount != start {
+                        if self.breakpoints.contains(&self.cpu.rip) {
+                            return StopReason::Breakpoint(self.cpu.rip);
+                        }
+                        if let Some((a, b)) = self.step_range {
+                            if !(a..b).contains(&self.cpu.rip) {
+                                return StopReason::Limit;
+                            }
                         }
                     }
-                }
-                if check_match && self.at_pause_match() {
-                    self.paused = true;
-                    return StopReason::Limit;
-                }
-                if pausing
-                    && (op.native_trap
-                        || op.divergent
-                            && check_sites
-                            && self
-                                .pause_sites
-                                .as_ref()
-                                .is_some_and(|s| s.contains(&self.cpu.rip)))
-                {
-                    self.paused = true;
-                    return StopReason::Limit;
-                }
-                if check_pages {
-                    let pages = pause_pages.as_ref().expect("set with check_pages");
-                    let rip = self.cpu.rip;
-                    if pages.contains(&(rip >> 12)) || pages.contains(&((op.next - 1) >> 12)) {
+                    if check_match && self.at_pause_match() {
                         self.paused = true;
                         return StopReason::Limit;
+                    }
+                    if pausing
+                        && (op.native_trap
+                            || op.divergent
+                                && check_sites
+                                && self
+                                    .pause_sites
+                                    .as_ref()
+                                    .is_some_and(|s| s.contains(&self.cpu.rip)))
+                    {
+                        self.paused = true;
+                        return StopReason::Limit;
+                    }
+                    if check_pages {
+                        let pages = pause_pages.as_ref().expect("set with check_pages");
+                        let rip = self.cpu.rip;
+                        if pages.contains(&(rip >> 12)) || pages.contains(&((op.next - 1) >> 12)) {
+                            self.paused = true;
+                            return StopReason::Limit;
+                        }
                     }
                 }
                 match self.exec(op, budget) {
