@@ -59,6 +59,19 @@ pub type R<T> = Result<T, Ex>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Family {
     Mov,
+    /// The commonest movs, with nothing left to look up: 64-bit register to register (the
+    /// destination's and source's numbers), a 64-bit load into a register and a 64-bit store
+    /// of one (the memory operand in `Op::m`).
+    MovRR(u8, u8),
+    MovLoad64(u8),
+    MovStore64(u8),
+    /// The same at 32 bits (the destination register zero-extended).
+    MovRR32(u8, u8),
+    MovLoad32(u8),
+    MovStore32(u8),
+    /// An immediate into a 64- or 32-bit register (the value, zero-extended for 32 bits, in
+    /// `Op::imm2`).
+    MovRI(u8),
     /// add/sub/cmp/and/test/or/xor with pre-resolved operands.
     Alu2(fast::AluOp),
     Lea,
@@ -152,6 +165,26 @@ impl Op {
         }
         if fam == Family::Mov && !simple {
             fam = Family::Alu;
+        }
+        let mut mov_imm = 0;
+        if fam == Family::Mov {
+            fam = match (a, b, bits) {
+                (fast::Opnd::R64(d), fast::Opnd::R64(s), 64) => Family::MovRR(d, s),
+                (fast::Opnd::R64(d), fast::Opnd::Mem, 64) => Family::MovLoad64(d),
+                (fast::Opnd::Mem, fast::Opnd::R64(s), 64) => Family::MovStore64(s),
+                (fast::Opnd::R32(d), fast::Opnd::R32(s), 32) => Family::MovRR32(d, s),
+                (fast::Opnd::R32(d), fast::Opnd::Mem, 32) => Family::MovLoad32(d),
+                (fast::Opnd::Mem, fast::Opnd::R32(s), 32) => Family::MovStore32(s),
+                (fast::Opnd::R64(d), fast::Opnd::Imm(v), 64) => {
+                    mov_imm = v;
+                    Family::MovRI(d)
+                }
+                (fast::Opnd::R32(d), fast::Opnd::Imm(v), 32) => {
+                    mov_imm = v & 0xffff_ffff;
+                    Family::MovRI(d)
+                }
+                _ => Family::Mov,
+            };
         }
         if fam == Family::Flow && bits == 64 && simple && ins.op_count() == 1 {
             match ins.mnemonic() {
@@ -263,7 +296,7 @@ impl Op {
         };
         let imm2 = match fast::resolve(&ins, 2) {
             fast::Opnd::Imm(v) => v,
-            _ => 0,
+            _ => mov_imm,
         };
         let cc = alu::cc_of(&ins);
         Op {
@@ -699,6 +732,38 @@ impl Machine {
                 if self.cpu.cond(op.cc) {
                     self.cpu.rip = i.near_branch_target();
                 }
+                Ok(1)
+            }
+            Family::MovRR(d, s) => {
+                self.cpu.gpr[d as usize] = self.cpu.gpr[s as usize];
+                Ok(1)
+            }
+            Family::MovLoad64(d) => {
+                let a = self.ea_fast(&op.m);
+                self.cpu.gpr[d as usize] = self.mem.read_u64(a)?;
+                Ok(1)
+            }
+            Family::MovStore64(s) => {
+                let a = self.ea_fast(&op.m);
+                self.mem.write_u64(a, self.cpu.gpr[s as usize])?;
+                Ok(1)
+            }
+            Family::MovRR32(d, s) => {
+                self.cpu.gpr[d as usize] = self.cpu.gpr[s as usize] & 0xffff_ffff;
+                Ok(1)
+            }
+            Family::MovLoad32(d) => {
+                let a = self.ea_fast(&op.m);
+                self.cpu.gpr[d as usize] = self.mem.read_u32(a)? as u64;
+                Ok(1)
+            }
+            Family::MovStore32(s) => {
+                let a = self.ea_fast(&op.m);
+                self.mem.write_u32(a, self.cpu.gpr[s as usize] as u32)?;
+                Ok(1)
+            }
+            Family::MovRI(d) => {
+                self.cpu.gpr[d as usize] = op.imm2;
                 Ok(1)
             }
             Family::Mov => {
