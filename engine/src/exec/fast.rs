@@ -245,6 +245,26 @@ impl Machine {
         Ok(())
     }
 
+    /// `alu_fast` on register `d` (value `a`, zero-extended from `BITS`) and a value `b`
+    /// (a register's or an immediate, within `BITS`): the same results and flags.
+    #[inline(always)]
+    pub(crate) fn alu_reg<const BITS: u32>(&mut self, op: AluOp, d: u8, a: u64, b: u64) {
+        let mk = mask(BITS);
+        let (lop, res, write) = match op {
+            AluOp::Add => (LazyOp::Add, a.wrapping_add(b) & mk, true),
+            AluOp::Sub => (LazyOp::Sub, a.wrapping_sub(b) & mk, true),
+            AluOp::Cmp => (LazyOp::Sub, a.wrapping_sub(b) & mk, false),
+            AluOp::And => (LazyOp::Logic, a & b, true),
+            AluOp::Test => (LazyOp::Logic, a & b, false),
+            AluOp::Or => (LazyOp::Logic, a | b, true),
+            AluOp::Xor => (LazyOp::Logic, a ^ b, true),
+        };
+        if write {
+            self.cpu.gpr[d as usize] = res;
+        }
+        self.cpu.set_lazy(lop, BITS, a, b, res);
+    }
+
     /// shl/shr/sar with pre-resolved operands; the same results and flags as the general
     /// path in `alu.rs` (`shift`).
     #[inline(always)]

@@ -72,6 +72,10 @@ pub(crate) enum Family {
     /// An immediate into a 64- or 32-bit register (the value, zero-extended for 32 bits, in
     /// `Op::imm2`).
     MovRI(u8),
+    /// add/sub/cmp/and/test/or/xor of 64- or 32-bit registers (`Op::bits`): destination and
+    /// source, or destination and an immediate (masked to the width, in `Op::imm2`).
+    AluRR(fast::AluOp, u8, u8),
+    AluRI(fast::AluOp, u8),
     /// add/sub/cmp/and/test/or/xor with pre-resolved operands.
     Alu2(fast::AluOp),
     Lea,
@@ -167,6 +171,18 @@ impl Op {
             fam = Family::Alu;
         }
         let mut mov_imm = 0;
+        if let Family::Alu2(k) = fam {
+            fam = match (a, b, bits) {
+                (fast::Opnd::R64(d), fast::Opnd::R64(s), 64)
+                | (fast::Opnd::R32(d), fast::Opnd::R32(s), 32) => Family::AluRR(k, d, s),
+                (fast::Opnd::R64(d), fast::Opnd::Imm(v), 64)
+                | (fast::Opnd::R32(d), fast::Opnd::Imm(v), 32) => {
+                    mov_imm = v & crate::cpu::mask(bits as u32);
+                    Family::AluRI(k, d)
+                }
+                _ => fam,
+            };
+        }
         if fam == Family::Mov {
             fam = match (a, b, bits) {
                 (fast::Opnd::R64(d), fast::Opnd::R64(s), 64) => Family::MovRR(d, s),
@@ -764,6 +780,26 @@ impl Machine {
             }
             Family::MovRI(d) => {
                 self.cpu.gpr[d as usize] = op.imm2;
+                Ok(1)
+            }
+            Family::AluRR(k, d, s) => {
+                if op.bits == 64 {
+                    let (a, b) = (self.cpu.gpr[d as usize], self.cpu.gpr[s as usize]);
+                    self.alu_reg::<64>(k, d, a, b);
+                } else {
+                    let a = self.cpu.gpr[d as usize] & 0xffff_ffff;
+                    let b = self.cpu.gpr[s as usize] & 0xffff_ffff;
+                    self.alu_reg::<32>(k, d, a, b);
+                }
+                Ok(1)
+            }
+            Family::AluRI(k, d) => {
+                if op.bits == 64 {
+                    self.alu_reg::<64>(k, d, self.cpu.gpr[d as usize], op.imm2);
+                } else {
+                    let a = self.cpu.gpr[d as usize] & 0xffff_ffff;
+                    self.alu_reg::<32>(k, d, a, op.imm2);
+                }
                 Ok(1)
             }
             Family::Mov => {
