@@ -57,6 +57,8 @@ pub type R<T> = Result<T, Ex>;
 
 /// Handler family of a decoded instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// (A plain tag byte: dispatch on it is one load and an indexed jump.)
+#[repr(u8)]
 pub(crate) enum Family {
     Mov,
     /// The commonest movs, with nothing left to look up: 64-bit register to register (the
