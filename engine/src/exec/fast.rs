@@ -97,6 +97,21 @@ pub(crate) fn mem_ref(i: &Instruction) -> MemRef {
     }
 }
 
+/// The lazy-flags operation, result (within `mk`) and whether it is written back, of ALU
+/// operation `op` on `a` and `b`: the one definition for `alu_fast` and `alu_reg`.
+#[inline(always)]
+fn alu_result(op: AluOp, a: u64, b: u64, mk: u64) -> (LazyOp, u64, bool) {
+    match op {
+        AluOp::Add => (LazyOp::Add, a.wrapping_add(b) & mk, true),
+        AluOp::Sub => (LazyOp::Sub, a.wrapping_sub(b) & mk, true),
+        AluOp::Cmp => (LazyOp::Sub, a.wrapping_sub(b) & mk, false),
+        AluOp::And => (LazyOp::Logic, a & b, true),
+        AluOp::Test => (LazyOp::Logic, a & b, false),
+        AluOp::Or => (LazyOp::Logic, a | b, true),
+        AluOp::Xor => (LazyOp::Logic, a ^ b, true),
+    }
+}
+
 /// The shifts with a fast path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ShiftOp {
@@ -228,16 +243,7 @@ impl Machine {
     ) -> R<()> {
         let a = self.rd_fast(a_o, m, bits)?;
         let b = self.rd_fast(b_o, m, bits)?;
-        let mk = mask(bits);
-        let (lop, res, write) = match op {
-            AluOp::Add => (LazyOp::Add, a.wrapping_add(b) & mk, true),
-            AluOp::Sub => (LazyOp::Sub, a.wrapping_sub(b) & mk, true),
-            AluOp::Cmp => (LazyOp::Sub, a.wrapping_sub(b) & mk, false),
-            AluOp::And => (LazyOp::Logic, a & b, true),
-            AluOp::Test => (LazyOp::Logic, a & b, false),
-            AluOp::Or => (LazyOp::Logic, a | b, true),
-            AluOp::Xor => (LazyOp::Logic, a ^ b, true),
-        };
+        let (lop, res, write) = alu_result(op, a, b, mask(bits));
         if write {
             self.wr_fast(a_o, m, bits, res)?;
         }
@@ -249,16 +255,7 @@ impl Machine {
     /// (a register's or an immediate, within `BITS`): the same results and flags.
     #[inline(always)]
     pub(crate) fn alu_reg<const BITS: u32>(&mut self, op: AluOp, d: u8, a: u64, b: u64) {
-        let mk = mask(BITS);
-        let (lop, res, write) = match op {
-            AluOp::Add => (LazyOp::Add, a.wrapping_add(b) & mk, true),
-            AluOp::Sub => (LazyOp::Sub, a.wrapping_sub(b) & mk, true),
-            AluOp::Cmp => (LazyOp::Sub, a.wrapping_sub(b) & mk, false),
-            AluOp::And => (LazyOp::Logic, a & b, true),
-            AluOp::Test => (LazyOp::Logic, a & b, false),
-            AluOp::Or => (LazyOp::Logic, a | b, true),
-            AluOp::Xor => (LazyOp::Logic, a ^ b, true),
-        };
+        let (lop, res, write) = alu_result(op, a, b, mask(BITS));
         if write {
             self.cpu.gpr[d as usize] = res;
         }
