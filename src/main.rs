@@ -19,6 +19,14 @@ use std::time::Instant;
     about = "A time-travel debugger for x86-64 Linux programs"
 )]
 struct Cli {
+    /// Interpret every instruction: do not translate hot blocks to host code (for comparing
+    /// the two; the results are the same).
+    #[arg(long, global = true)]
+    no_jit: bool,
+    /// Check every run of translated code against the interpreter and stop at the first
+    /// disagreement (slow; for testing).
+    #[arg(long, global = true, hide = true)]
+    check_jit: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -311,8 +319,9 @@ fn run(
         let (snaps, bytes) = tl.snapshot_stats();
         let hash = tl.machine().state_hash();
         eprintln!(
-            "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} snapshots={snaps} snapshot_bytes={bytes}",
-            hash.to_hex()
+            "fx86: icount={icount} wall={wall:.3} mips={mips:.1} state={} exit={code} snapshots={snaps} snapshot_bytes={bytes} translated={}",
+            hash.to_hex(),
+            tl.machine().translated_blocks()
         );
     }
     // (As in `run_native`: the process ends here.)
@@ -729,6 +738,12 @@ fn demo() -> i32 {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.no_jit {
+        fx86_engine::set_jit(false);
+    }
+    if cli.check_jit {
+        fx86_engine::set_jit_checking(true);
+    }
     let code = match cli.cmd {
         Cmd::Run {
             stats,

@@ -3774,7 +3774,7 @@ fn is_shift(ins: &iced_x86::Instruction) -> bool {
 
 /// The flags `ins` certainly overwrites, whatever its operands (a shift by CL or by a count
 /// that masks to 0 leaves the flags alone; a `rep` string instruction may run 0 times).
-fn flags_killed(ins: &iced_x86::Instruction) -> u32 {
+pub(crate) fn flags_killed(ins: &iced_x86::Instruction) -> u32 {
     use iced_x86::OpKind;
     if is_shift(ins) {
         let count = (0..ins.op_count())

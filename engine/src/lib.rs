@@ -22,6 +22,7 @@ pub mod mem;
 pub mod record;
 pub mod timeline;
 
+pub use exec::jit::{set_checking as set_jit_checking, set_enabled as set_jit};
 pub use exec::Ex;
 pub use host::{EventKind, GuestEvent};
 pub use machine::{Config, Machine, Snapshot, StopReason};

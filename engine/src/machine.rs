@@ -1,9 +1,10 @@
 //! `Machine`: one guest — registers, memory, kernel-side state and data tree — plus the decoded
 //! block cache and the run loop that retires instructions and counts them exactly.
 
+use crate::cpu::fl;
 use crate::cpu::{Cpu, RSP};
 use crate::elf::{self, LoadError};
-use crate::exec::{Ex, Op};
+use crate::exec::{jit, Ex, Op};
 use crate::host::Host;
 use crate::linux::Kernel;
 use crate::mem::Memory;
@@ -93,6 +94,8 @@ struct BlockCache {
     cur: *const [Op],
     /// Blocks invalidated since the last switch between blocks (one of them may be running).
     retired: Vec<Block>,
+    /// Host code for hot blocks.
+    jit: crate::exec::jit::Jit,
 }
 
 // SAFETY: `cur` points into a block that `blocks`, `fast` or `retired` owns (Arc<[Op]> is
@@ -108,6 +111,7 @@ impl Default for BlockCache {
             cur_start: u64::MAX,
             cur: &[],
             retired: Vec::new(),
+            jit: Default::default(),
         }
     }
 }
@@ -139,6 +143,7 @@ impl BlockCache {
     }
     fn invalidate_page(&mut self, pn: u64) {
         self.cur_start = u64::MAX;
+        self.jit.invalidate_page(pn);
         if let Some(starts) = self.by_page.remove(&pn) {
             for s in starts {
                 self.retired.extend(self.blocks.remove(&s));
@@ -152,6 +157,7 @@ impl BlockCache {
     }
     fn clear(&mut self) {
         self.cur_start = u64::MAX;
+        self.jit.clear();
         self.retired.extend(self.blocks.drain().map(|(_, b)| b));
         self.by_page.clear();
         for e in self.fast.iter_mut() {
@@ -601,6 +607,7 @@ impl Machine {
         // (block start, last byte) → (touches a pause page, holds a pause site, holds the
         // pause match's RIP).
         let mut pause_cache = [(u64::MAX, 0u64, false, false, false, false); 64];
+        let mut jit_skip = false;
         loop {
             if self.icount >= limit {
                 return StopReason::Limit;
@@ -660,6 +667,20 @@ impl Machine {
             // Whether any instruction of the block needs a look before it runs (most need
             // none: the checks below then cost one test per instruction).
             let careful = bps || check_match || check_pages || traps;
+            if !careful && !std::mem::take(&mut jit_skip) && self.blocks.jit.enabled {
+                if let Some((code, n)) = self.blocks.jit.lookup(rip, block) {
+                    let f = self.cpu.rflags();
+                    if u64::from(n) <= limit.saturating_sub(self.icount) && jit::flags_allow(f) {
+                        // Translations follow one another while they can: no breakpoints
+                        // or pauses to look for between blocks.
+                        let chain = !bps && !pausing && self.site_visits.is_none();
+                        // The instruction a translation stopped before goes to the
+                        // interpreter.
+                        jit_skip = self.run_translated(code, f, chain, limit);
+                        continue;
+                    }
+                }
+            }
             for op in block.iter() {
                 // (Settling native stretches may move `icount` past `limit` mid-block.)
                 let budget = limit.saturating_sub(self.icount);
@@ -734,6 +755,120 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Runs translation `code` (and those that follow it if `chain`) from the current state,
+    /// whose RFLAGS are `f`. Returns true if it stopped before an instruction it could not
+    /// run (a TLB miss).
+    fn run_translated(&mut self, code: *const u8, f: u64, chain: bool, limit: u64) -> bool {
+        let mut ctx = jit::Ctx::new(
+            self.cpu.gpr,
+            jit::entry_flags(f),
+            self.cpu.rip,
+            self.mem.tlb_ptr(),
+        );
+        ctx.xmm = self.cpu.xmm;
+        ctx.mxcsr = u64::from(self.cpu.mxcsr);
+        let mut code = code;
+        loop {
+            // Without `chain`, the budget is the first translation's length: it runs to its
+            // end (or a miss), and no other fits after it.
+            ctx.exit_count = 0;
+            ctx.budget = if chain && !self.blocks.jit.checking {
+                limit.saturating_sub(self.icount)
+            } else {
+                self.blocks
+                    .jit
+                    .translated(ctx.exit_rip)
+                    .map_or(0, |t| u64::from(t.1))
+            };
+            if self.blocks.jit.checking {
+                self.check_translation(code, &mut ctx, f);
+            } else {
+                self.blocks.jit.run(code, &mut ctx);
+            }
+            self.icount += ctx.exit_count;
+            if ctx.missed != 0 || !chain {
+                break;
+            }
+            match self.blocks.jit.translated(ctx.exit_rip) {
+                Some((c, m)) if u64::from(m) <= limit.saturating_sub(self.icount) => code = c,
+                _ => break,
+            }
+        }
+        self.cpu.gpr = ctx.gpr;
+        self.cpu.xmm = ctx.xmm;
+        self.cpu.mxcsr = ctx.mxcsr as u32;
+        self.cpu
+            .set_rflags((f & !fl::ARITH) | (ctx.flags & fl::ARITH));
+        self.cpu.rip = ctx.exit_rip;
+        ctx.missed != 0
+    }
+
+    /// Runs translation `code` as `run_translated` does, then the same instructions in the
+    /// interpreter from the same state, and stops the process if the two disagree (a
+    /// testing aid: `--check-jit`).
+    #[cold]
+    fn check_translation(&mut self, code: *const u8, ctx: &mut jit::Ctx, f: u64) {
+        let before = self.icount;
+        let mut start = self.cpu.clone();
+        start.gpr = ctx.gpr;
+        start.xmm = ctx.xmm;
+        start.mxcsr = ctx.mxcsr as u32;
+        start.set_rflags((f & !fl::ARITH) | (ctx.flags & fl::ARITH));
+        start.rip = ctx.exit_rip;
+        let mut start_mem = self.mem.snapshot();
+        start_mem.track_code_as(&self.mem);
+        let input = ctx.gpr;
+        ctx.tlb = self.mem.tlb_ptr();
+        self.blocks.jit.run(code, ctx);
+        let mut jit_mem = self.mem.snapshot();
+        jit_mem.track_code_as(&self.mem);
+        let outer_cpu = std::mem::replace(&mut self.cpu, start.clone());
+        self.mem = start_mem;
+        self.blocks.jit.enabled = false;
+        if ctx.exit_count > 0 {
+            self.run_inner(before + ctx.exit_count, false);
+        }
+        self.blocks.jit.enabled = true;
+        self.blocks.cur_start = u64::MAX;
+        let mut pages = Vec::new();
+        jit_mem
+            .pages
+            .diff_since(&self.mem.pages, |pn, _| pages.push(pn));
+        let same = self.cpu.gpr == ctx.gpr
+            && self.cpu.xmm == ctx.xmm
+            && u64::from(self.cpu.mxcsr) == ctx.mxcsr
+            && (ctx.exit_count == 0 || self.cpu.rip == ctx.exit_rip)
+            && self.icount == before + ctx.exit_count
+            && (ctx.flags ^ self.cpu.rflags()) & fl::ARITH == 0
+            && pages.is_empty();
+        if !same {
+            eprintln!(
+                "fx86: translation at {:#x} (icount {before}) disagrees with the interpreter: \
+                 {} instructions to {:#x} (interpreter: {} to {:#x}); flags {:#x} vs {:#x}; \
+                 registers in {input:x?}, translated {:x?}, interpreted {:x?}; pages {pages:x?}",
+                start.rip,
+                ctx.exit_count,
+                ctx.exit_rip,
+                self.icount - before,
+                self.cpu.rip,
+                ctx.flags & fl::ARITH,
+                self.cpu.rflags() & fl::ARITH,
+                ctx.gpr,
+                self.cpu.gpr,
+            );
+            std::process::exit(70);
+        }
+        self.icount = before;
+        self.cpu = outer_cpu;
+        self.mem = jit_mem;
+        ctx.tlb = self.mem.tlb_ptr();
+    }
+
+    /// How many blocks this machine has translated to host code.
+    pub fn translated_blocks(&self) -> u64 {
+        self.blocks.jit.translated
     }
 
     /// Handles an exception: a syscall that ended the guest, or a signal.

@@ -36,6 +36,7 @@ const TLB_SIZE: usize = 256;
 const NO_TAG: u64 = u64::MAX;
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
+#[repr(C)]
 struct Tlb {
     rtag: [u64; TLB_SIZE],
     rptr: [*const u8; TLB_SIZE],
@@ -178,6 +179,12 @@ impl Memory {
     access!(read_u32, write_u32, u32);
     access!(read_u64, write_u64, u64);
     access!(read_u128, write_u128, u128);
+
+    /// The software TLB, for translated code (see `exec::jit`): four arrays of `TLB_SIZE`
+    /// words: read tags, read pointers, write tags, write pointers.
+    pub(crate) fn tlb_ptr(&self) -> *const u8 {
+        &*self.tlb as *const Tlb as *const u8
+    }
 
     /// Forgets every cached translation (after mappings change or a snapshot is taken).
     pub fn flush_tlb(&mut self) {
@@ -416,10 +423,20 @@ impl Memory {
     }
 
     /// A copy of this memory to keep as a snapshot. Cached write translations are dropped,
-    /// because every page is now shared and the next write must copy it.
+    /// because every page is now shared and the next write must copy it. (Read translations
+    /// stay valid: the pages they point at are kept by the snapshot, and the write that
+    /// copies a page replaces the read translation of the same slot.)
     pub fn snapshot(&mut self) -> Memory {
-        self.flush_tlb();
-        self.clone()
+        self.tlb.wtag = [NO_TAG; TLB_SIZE];
+        let mut copy = self.clone();
+        copy.flush_tlb();
+        copy
+    }
+
+    /// Takes over which pages hold decoded code from `other` (a copy of this memory made by
+    /// `snapshot`, which does not carry it).
+    pub(crate) fn track_code_as(&mut self, other: &Memory) {
+        self.code_pages = other.code_pages.clone();
     }
 
     /// Reads bytes regardless of permissions, for instruction fetch after an exec check.

@@ -10,6 +10,7 @@
 mod alu;
 mod fast;
 mod flow;
+pub mod jit;
 mod sse;
 mod string;
 mod system;
