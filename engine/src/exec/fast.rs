@@ -58,16 +58,25 @@ pub(crate) fn resolve(i: &Instruction, n: u32) -> Opnd {
             None => Opnd::None,
         },
         OpKind::Memory => Opnd::Mem,
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate64
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate8to64
-        | OpKind::Immediate32to64 => Opnd::Imm(i.immediate(n)),
+        k if is_immediate(k) => Opnd::Imm(i.immediate(n)),
         _ => Opnd::None,
     }
+}
+
+/// An immediate operand that `Instruction::immediate` reads (8 to 64 bits, sign-extended or
+/// not).
+pub(crate) fn is_immediate(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
 }
 
 pub(crate) fn mem_ref(i: &Instruction) -> MemRef {

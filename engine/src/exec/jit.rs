@@ -13,9 +13,10 @@
 //!   translation before the instruction, with the guest's state exact, and the interpreter
 //!   runs it (faults and signals included).
 //! - Only instructions whose host result is the model's are translated. Where the host's
-//!   undefined flags differ from the model's (shifts, multiplies: see
+//!   undefined flags may differ from the model's (shifts, multiplies: see
 //!   `kvm::divergent_flags`), the instruction is translated only if later instructions of the
-//!   translation overwrite those flags before anything can see them.
+//!   translation overwrite those flags before anything can see them, or (shifts by a
+//!   constant) the model's flags are worked out after it.
 //! - Nothing that depends on the host (cpuid, rdtsc, syscalls), no division (which faults),
 //!   no string instructions, no FS/GS operands: those end a translation.
 
@@ -178,8 +179,10 @@ const TLB_RPTR: i64 = 256 * 8;
 const TLB_WTAG: i64 = 512 * 8;
 const TLB_WPTR: i64 = 768 * 8;
 
-/// Executions of a block before it is translated.
-const HOT: u32 = 16;
+/// Executions of a block before it is translated. (A translation costs about as much as
+/// interpreting a few thousand instructions: code run less often than this is cheaper to
+/// interpret.)
+const HOT: u32 = 200;
 const SLOTS: usize = 4096;
 const REGION: usize = 32 << 20;
 const NEVER: u32 = u32::MAX;
@@ -283,6 +286,9 @@ impl Drop for Region {
 /// The translations of one machine, looked up by block start.
 pub(crate) struct Jit {
     slots: Vec<Slot>,
+    /// Every translation (and every block found untranslatable) by start, for the slot a
+    /// colliding block took over: put back at once, not translated again.
+    known: std::collections::HashMap<u64, Slot>,
     region: Option<Region>,
     /// Whether blocks are translated at all (off: the interpreter runs everything).
     pub enabled: bool,
@@ -297,6 +303,7 @@ impl Default for Jit {
     fn default() -> Self {
         Jit {
             slots: Vec::new(),
+            known: Default::default(),
             region: None,
             enabled: ENABLED.load(std::sync::atomic::Ordering::Relaxed),
             failed: false,
@@ -326,12 +333,7 @@ impl Jit {
         let k = Self::slot(rip);
         let s = &mut self.slots[k];
         if s.rip != rip {
-            *s = Slot {
-                rip,
-                heat: 1,
-                ..EMPTY
-            };
-            return None;
+            return self.take_slot(k, rip);
         }
         if !s.code.is_null() {
             return Some((s.code, s.insns));
@@ -346,6 +348,17 @@ impl Jit {
         self.translate(k, rip, ops)
     }
 
+    #[cold]
+    fn take_slot(&mut self, k: usize, rip: u64) -> Option<(*const u8, u32)> {
+        let s = self.known.get(&rip).copied().unwrap_or(Slot {
+            rip,
+            heat: 1,
+            ..EMPTY
+        });
+        self.slots[k] = s;
+        (!s.code.is_null()).then_some((s.code, s.insns))
+    }
+
     /// The translation at `rip` if there is one already.
     #[inline(always)]
     pub(crate) fn translated(&self, rip: u64) -> Option<(*const u8, u32)> {
@@ -356,6 +369,16 @@ impl Jit {
     #[cold]
     fn translate(&mut self, k: usize, rip: u64, ops: &[Op]) -> Option<(*const u8, u32)> {
         self.slots[k].heat = NEVER;
+        let last = ops.last().map_or(rip, |o| o.next - 1);
+        self.known.insert(
+            rip,
+            Slot {
+                rip,
+                last_page: last >> 12,
+                heat: NEVER,
+                ..EMPTY
+            },
+        );
         let (code, insns) = translate(ops, self.slots.as_ptr() as u64)?;
         if self.region.is_none() {
             self.region = Region::new();
@@ -370,6 +393,7 @@ impl Jit {
             None => {
                 // Full: start again (nothing runs while translating).
                 self.slots.iter_mut().for_each(|s| *s = EMPTY);
+                self.known.clear();
                 region.used = TRAMPOLINE_SPACE;
                 region.put(&code)?
             }
@@ -382,22 +406,26 @@ impl Jit {
             insns,
             code: p,
         };
+        self.known.insert(rip, self.slots[k]);
         self.translated += 1;
         Some((p, insns))
     }
 
     /// Forgets the translations of code on page `pn`.
     pub(crate) fn invalidate_page(&mut self, pn: u64) {
+        let on = |s: &Slot| s.rip != u64::MAX && (s.rip >> 12..=s.last_page).contains(&pn);
         for s in self.slots.iter_mut() {
-            if s.rip != u64::MAX && (s.rip >> 12..=s.last_page).contains(&pn) {
+            if on(s) {
                 *s = EMPTY;
             }
         }
+        self.known.retain(|_, s| !on(s));
     }
 
     /// Forgets every translation.
     pub(crate) fn clear(&mut self) {
         self.slots.iter_mut().for_each(|s| *s = EMPTY);
+        self.known.clear();
         if let Some(r) = self.region.as_mut() {
             r.used = TRAMPOLINE_SPACE;
         }
@@ -468,52 +496,61 @@ fn jcc(cc: ConditionCode) -> Option<Code> {
     })
 }
 
-/// Instructions run by the host as they are (renamed); `mem_write`: whether a memory operand
-/// is written.
-fn plain(i: &Instruction) -> Option<bool> {
+/// Instructions run by the host as they are (renamed); `Some(write)`: translatable, and
+/// whether a memory operand is written.
+fn plain(op: &Op) -> Option<bool> {
+    use super::Family as F;
+    let i = &op.ins;
     let m = i.mnemonic();
-    let ok = matches!(
-        m,
-        M::Mov
-            | M::Movzx
-            | M::Movsx
-            | M::Movsxd
-            | M::Add
-            | M::Or
-            | M::Adc
-            | M::Sbb
-            | M::And
-            | M::Sub
-            | M::Xor
-            | M::Cmp
-            | M::Test
-            | M::Inc
-            | M::Dec
-            | M::Neg
-            | M::Not
-            | M::Shl
-            | M::Sal
-            | M::Shr
-            | M::Sar
-            | M::Rol
-            | M::Ror
-            | M::Imul
-            | M::Mul
-            | M::Lea
-            | M::Xchg
-            | M::Bswap
-            | M::Cdq
-            | M::Cqo
-            | M::Cdqe
-            | M::Cwde
-            | M::Cbw
-            | M::Cwd
-            | M::Bt
-            | M::Bts
-            | M::Btr
-            | M::Btc
-    ) || is_cmov(m)
-        || is_setcc(m);
+    // The interpreter's own families for the commonest forms, and the rest of its integer
+    // instructions whose results and defined flags are the host's.
+    let ok = match op.fam {
+        F::Mov
+        | F::MovRR(..)
+        | F::MovLoad64(_)
+        | F::MovStore64(_)
+        | F::MovRR32(..)
+        | F::MovLoad32(_)
+        | F::MovStore32(_)
+        | F::MovRI(_)
+        | F::AluRR(..)
+        | F::AluRI(..)
+        | F::Alu2(_)
+        | F::Lea
+        | F::Shift(_)
+        | F::Imul
+        | F::Movzx
+        | F::Movsx
+        | F::Cmov
+        | F::Setcc
+        | F::IncDec(_) => true,
+        // (Not: rotates through CF and double shifts, whose undefined results the model
+        // defines; division, which faults; the locked exchanges; bit scans and counts, which
+        // the model's CPUID may not offer; the direction flag and AH.)
+        F::Alu => !matches!(
+            m,
+            M::Rcl
+                | M::Rcr
+                | M::Shld
+                | M::Shrd
+                | M::Div
+                | M::Idiv
+                | M::Xadd
+                | M::Cmpxchg
+                | M::Cmpxchg8b
+                | M::Cmpxchg16b
+                | M::Bsf
+                | M::Bsr
+                | M::Tzcnt
+                | M::Lzcnt
+                | M::Popcnt
+                | M::Cld
+                | M::Std
+                | M::Lahf
+                | M::Sahf
+        ),
+        _ => false,
+    };
     let sse = !ok && is_sse(m);
     if !(ok || sse) || i.has_lock_prefix() {
         return None;
@@ -529,14 +566,7 @@ fn plain(i: &Instruction) -> Option<bool> {
                 gpr(i.op_register(n))?;
             }
             OpKind::Memory => mem_op = Some(n),
-            OpKind::Immediate8
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate64
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64 => {}
+            k if super::fast::is_immediate(k) => {}
             _ => return None,
         }
     }
@@ -560,161 +590,67 @@ fn plain(i: &Instruction) -> Option<bool> {
     Some(n == 0 && !matches!(m, M::Cmp | M::Test) || m == M::Xchg)
 }
 
-/// SSE and SSE2 instructions of the model whose results are the host's (the interpreter runs
-/// their arithmetic on the host too): moves, arithmetic, logic, compares, conversions,
-/// shuffles. Not the approximations (rcpps, rsqrtps), which the model defines itself.
+/// SSE and SSE2 instructions of the model whose results are the host's: the arithmetic the
+/// interpreter itself runs on the host, and moves, logic, compares, conversions and shuffles.
+/// Not the approximations (rcpps, rsqrtps), which the model defines itself.
 fn is_sse(m: M) -> bool {
-    matches!(
-        m,
-        M::Movaps
-            | M::Movups
-            | M::Movapd
-            | M::Movupd
-            | M::Movdqa
-            | M::Movdqu
-            | M::Movntdq
-            | M::Movntps
-            | M::Movntpd
-            | M::Movq
-            | M::Movd
-            | M::Movss
-            | M::Movsd
-            | M::Movhlps
-            | M::Movlhps
-            | M::Movhps
-            | M::Movlps
-            | M::Movhpd
-            | M::Movlpd
-            | M::Movmskpd
-            | M::Movmskps
-            | M::Pmovmskb
-            | M::Addss
-            | M::Addsd
-            | M::Addps
-            | M::Addpd
-            | M::Subss
-            | M::Subsd
-            | M::Subps
-            | M::Subpd
-            | M::Mulss
-            | M::Mulsd
-            | M::Mulps
-            | M::Mulpd
-            | M::Divss
-            | M::Divsd
-            | M::Divps
-            | M::Divpd
-            | M::Minss
-            | M::Minsd
-            | M::Minps
-            | M::Minpd
-            | M::Maxss
-            | M::Maxsd
-            | M::Maxps
-            | M::Maxpd
-            | M::Sqrtss
-            | M::Sqrtsd
-            | M::Sqrtps
-            | M::Sqrtpd
-            | M::Cvtss2sd
-            | M::Cvtsd2ss
-            | M::Cvtdq2ps
-            | M::Cvtdq2pd
-            | M::Cvtps2dq
-            | M::Cvttps2dq
-            | M::Cvtpd2dq
-            | M::Cvttpd2dq
-            | M::Cvtps2pd
-            | M::Cvtpd2ps
-            | M::Cvtsi2sd
-            | M::Cvtsi2ss
-            | M::Cvtsd2si
-            | M::Cvttsd2si
-            | M::Cvtss2si
-            | M::Cvttss2si
-            | M::Ucomisd
-            | M::Ucomiss
-            | M::Comisd
-            | M::Comiss
-            | M::Andpd
-            | M::Andnpd
-            | M::Orpd
-            | M::Xorpd
-            | M::Andps
-            | M::Andnps
-            | M::Orps
-            | M::Xorps
-            | M::Pand
-            | M::Pandn
-            | M::Por
-            | M::Pxor
-            | M::Paddb
-            | M::Paddw
-            | M::Paddd
-            | M::Paddq
-            | M::Psubb
-            | M::Psubw
-            | M::Psubd
-            | M::Psubq
-            | M::Paddsb
-            | M::Paddsw
-            | M::Paddusb
-            | M::Paddusw
-            | M::Psubsb
-            | M::Psubsw
-            | M::Psubusb
-            | M::Psubusw
-            | M::Pmullw
-            | M::Pmulhw
-            | M::Pmulhuw
-            | M::Pmuludq
-            | M::Pmaddwd
-            | M::Pavgb
-            | M::Pavgw
-            | M::Pminub
-            | M::Pmaxub
-            | M::Pminsw
-            | M::Pmaxsw
-            | M::Psadbw
-            | M::Pcmpeqb
-            | M::Pcmpeqw
-            | M::Pcmpeqd
-            | M::Pcmpgtb
-            | M::Pcmpgtw
-            | M::Pcmpgtd
-            | M::Packsswb
-            | M::Packssdw
-            | M::Packuswb
-            | M::Punpcklbw
-            | M::Punpcklwd
-            | M::Punpckldq
-            | M::Punpcklqdq
-            | M::Punpckhbw
-            | M::Punpckhwd
-            | M::Punpckhdq
-            | M::Punpckhqdq
-            | M::Psllw
-            | M::Pslld
-            | M::Psllq
-            | M::Psrlw
-            | M::Psrld
-            | M::Psrlq
-            | M::Psraw
-            | M::Psrad
-            | M::Pslldq
-            | M::Psrldq
-            | M::Unpcklps
-            | M::Unpckhps
-            | M::Unpcklpd
-            | M::Unpckhpd
-            | M::Shufps
-            | M::Shufpd
-            | M::Pshufd
-            | M::Pshuflw
-            | M::Pshufhw
-            | M::Pinsrw
-            | M::Pextrw
-    )
+    super::sse::runs_on_host(m)
+        || matches!(
+            m,
+            M::Movaps
+                | M::Movups
+                | M::Movapd
+                | M::Movupd
+                | M::Movdqa
+                | M::Movdqu
+                | M::Movntdq
+                | M::Movntps
+                | M::Movntpd
+                | M::Movq
+                | M::Movd
+                | M::Movss
+                | M::Movsd
+                | M::Movhlps
+                | M::Movlhps
+                | M::Movhps
+                | M::Movlps
+                | M::Movhpd
+                | M::Movlpd
+                | M::Movmskpd
+                | M::Movmskps
+                | M::Pmovmskb
+                | M::Cvtsi2sd
+                | M::Cvtsi2ss
+                | M::Cvtsd2si
+                | M::Cvttsd2si
+                | M::Cvtss2si
+                | M::Cvttss2si
+                | M::Ucomisd
+                | M::Ucomiss
+                | M::Comisd
+                | M::Comiss
+                | M::Andpd
+                | M::Andnpd
+                | M::Orpd
+                | M::Xorpd
+                | M::Andps
+                | M::Andnps
+                | M::Orps
+                | M::Xorps
+                | M::Pand
+                | M::Pandn
+                | M::Por
+                | M::Pxor
+                | M::Pslldq
+                | M::Psrldq
+                | M::Shufps
+                | M::Shufpd
+                | M::Pshufd
+                | M::Pshuflw
+                | M::Pshufhw
+                | M::Pinsrw
+                | M::Pextrw
+        )
 }
 
 /// Whether SSE instruction `i`'s memory operand must be 16-byte aligned (legacy SSE: every
@@ -723,50 +659,6 @@ fn needs_alignment(i: &Instruction) -> bool {
     is_sse(i.mnemonic())
         && i.memory_size().size() == 16
         && !matches!(i.mnemonic(), M::Movups | M::Movupd | M::Movdqu)
-}
-
-fn is_cmov(m: M) -> bool {
-    matches!(
-        m,
-        M::Cmovo
-            | M::Cmovno
-            | M::Cmovb
-            | M::Cmovae
-            | M::Cmove
-            | M::Cmovne
-            | M::Cmovbe
-            | M::Cmova
-            | M::Cmovs
-            | M::Cmovns
-            | M::Cmovp
-            | M::Cmovnp
-            | M::Cmovl
-            | M::Cmovge
-            | M::Cmovle
-            | M::Cmovg
-    )
-}
-
-fn is_setcc(m: M) -> bool {
-    matches!(
-        m,
-        M::Seto
-            | M::Setno
-            | M::Setb
-            | M::Setae
-            | M::Sete
-            | M::Setne
-            | M::Setbe
-            | M::Seta
-            | M::Sets
-            | M::Setns
-            | M::Setp
-            | M::Setnp
-            | M::Setl
-            | M::Setge
-            | M::Setle
-            | M::Setg
-    )
 }
 
 /// How a translated instruction ends the translation, if it does.
@@ -803,7 +695,7 @@ fn kind(op: &Op) -> Option<Kind> {
     let mem64 = |n: u32| i.op_kind(n) == OpKind::Memory && i.memory_size().size() == 8;
     Some(match m {
         M::Nop | M::Endbr64 => Kind::Nop,
-        M::Lea => Kind::Plain(plain(i).map(|_| None)?),
+        M::Lea => Kind::Plain(plain(op).map(|_| None)?),
         _ if i.flow_control() == FlowControl::ConditionalBranch => {
             if !matches!(i.op0_kind(), OpKind::NearBranch64) || jcc(i.condition_code()).is_none() {
                 return None;
@@ -818,7 +710,7 @@ fn kind(op: &Op) -> Option<Kind> {
         M::Push if i.code() == Code::Push_r64 => Kind::Push,
         M::Push if matches!(i.code(), Code::Pushq_imm32 | Code::Pushq_imm8) => Kind::Push,
         M::Pop if i.code() == Code::Pop_r64 && i.op0_register() != Register::RSP => Kind::Pop,
-        _ => Kind::Plain(plain(i).map(|w| has_mem.then_some(w))?),
+        _ => Kind::Plain(plain(op).map(|w| has_mem.then_some(w))?),
     })
 }
 
@@ -852,12 +744,49 @@ fn uses(f: &mut InstructionInfoFactory, op: &Op, k: Kind) -> Option<u32> {
     Some(set)
 }
 
-fn reads_flags(i: &Instruction) -> u32 {
-    i.rflags_read() & ARITH6
+/// For shl/sal/shr/sar of a register by a constant that is not 0 (once masked): the register's
+/// number and size in bits.
+fn shift_by_constant(i: &Instruction) -> Option<(usize, u32)> {
+    if !matches!(i.mnemonic(), M::Shl | M::Sal | M::Shr | M::Sar)
+        || i.op0_kind() != OpKind::Register
+    {
+        return None;
+    }
+    let (g, size) = gpr(i.op0_register())?;
+    let count = match i.op_count() {
+        1 => 1,
+        2 if i.op1_kind() == OpKind::Immediate8 => u32::from(i.immediate8()),
+        _ => return None,
+    };
+    let bits = size as u32 * 8;
+    let mask = if bits == 64 { 63 } else { 31 };
+    (count & mask != 0).then_some((g, bits))
 }
 
-fn kills_all(i: &Instruction) -> bool {
-    crate::kvm::flags_killed(i) & ARITH6 == ARITH6
+fn is_mul(i: &Instruction) -> bool {
+    matches!(i.mnemonic(), M::Mul | M::Imul)
+}
+
+/// iced's SF, ZF, AF and PF: what mul and imul leave undefined (the model keeps them).
+const SZAP: u32 = 0x2e;
+
+/// The flags `i` reads; a multiply whose flags are made the model's (`fixed`) keeps SF, ZF,
+/// AF and PF, so it reads them.
+fn flags_read(i: &Instruction, fixed: bool) -> u32 {
+    reads_flags(i) | if fixed && is_mul(i) { SZAP } else { 0 }
+}
+
+/// The flags `i` certainly overwrites; only CF and OF for a `fixed` multiply.
+fn flags_killed(i: &Instruction, fixed: bool) -> u32 {
+    if fixed && is_mul(i) {
+        ARITH6 & !SZAP
+    } else {
+        crate::kvm::flags_killed(i) & ARITH6
+    }
+}
+
+fn reads_flags(i: &Instruction) -> u32 {
+    i.rflags_read() & ARITH6
 }
 
 fn touches_memory(k: Kind) -> bool {
@@ -894,22 +823,36 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
     // see them: read, or kept by an exit (the end, or a TLB miss).
     // (Cutting the translation short may leave an earlier one's flags live at the new end:
     // look again until nothing changes.)
-    while !kinds.is_empty() && !crate::kvm::host_flags_match_model() {
+    // A shift by an immediate of a register whose flags may be seen gets the model's flags
+    // worked out after it instead (`Tr::model_shift_flags`).
+    let mut fixed = vec![false; kinds.len()];
+    // (Assumed of every host: probing it, as the KVM backend does, would cost each run a
+    // millisecond, and hosts that agree with the model lose little.)
+    'again: while !kinds.is_empty() {
         let mut end = kinds.len();
         'ops: for (k, op) in ops.iter().enumerate().take(kinds.len()) {
             let mut need = crate::kvm::divergent_flags(&op.ins) & ARITH6;
-            if need == 0 {
+            if need == 0 || fixed[k] {
                 continue;
             }
             for (j, later) in ops.iter().enumerate().take(kinds.len()).skip(k + 1) {
-                if reads_flags(&later.ins) & need != 0 || touches_memory(kinds[j]) {
-                    end = k;
-                    break 'ops;
+                if flags_read(&later.ins, fixed[j]) & need != 0 || touches_memory(kinds[j]) {
+                    break;
                 }
-                need &= !crate::kvm::flags_killed(&later.ins);
+                need &= !flags_killed(&later.ins, fixed[j]);
                 if need == 0 {
                     continue 'ops;
                 }
+            }
+            // Seen (or kept at the end): worked out as the model's, or not translated.
+            if shift_by_constant(&op.ins).is_some() {
+                fixed[k] = true;
+                continue;
+            }
+            if is_mul(&op.ins) {
+                // (It then overwrites fewer flags: look at the others again.)
+                fixed[k] = true;
+                continue 'again;
             }
             end = k;
             break;
@@ -956,9 +899,13 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
     for (k, op) in ops.iter().enumerate().take(n) {
         let i = &op.ins;
         let w = written[k];
-        let killed = crate::kvm::flags_killed(i) & ARITH6;
-        let modified = i.rflags_modified() & ARITH6;
-        if reads_flags(i) & !w != 0 || modified & !killed & !w != 0 {
+        let killed = flags_killed(i, fixed[k]);
+        let modified = if fixed[k] && is_mul(i) {
+            killed
+        } else {
+            i.rflags_modified() & ARITH6
+        };
+        if flags_read(i, fixed[k]) & !w != 0 || modified & !killed & !w != 0 {
             load_flags = true;
         }
         let leaves = touches_memory(kinds[k]);
@@ -980,6 +927,7 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
         load_flags,
         slots,
         len: n as u32,
+        keep_mul_flags: false,
     };
     t.prologue()?;
     for k in 0..n {
@@ -987,16 +935,20 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
         // does not read them and it or the next (with nothing in between that could leave)
         // overwrites them all without reading them.
         let i = &ops[k].ins;
-        let restore = reads_flags(i) != 0
+        let restore = flags_read(i, fixed[k]) != 0
             || !{
-                let own = kills_all(i) && matches!(kinds[k], Kind::Plain(_));
+                let own = flags_killed(i, fixed[k]) == ARITH6 && matches!(kinds[k], Kind::Plain(_));
                 let next = k + 1 < n
-                    && reads_flags(&ops[k + 1].ins) == 0
-                    && kills_all(&ops[k + 1].ins)
+                    && flags_read(&ops[k + 1].ins, fixed[k + 1]) == 0
+                    && flags_killed(&ops[k + 1].ins, fixed[k + 1]) == ARITH6
                     && matches!(kinds[k + 1], Kind::Plain(None));
                 own || next
             };
+        t.keep_mul_flags = fixed[k] && is_mul(i);
         t.op(&ops[k], kinds[k], k as u32, restore)?;
+        if fixed[k] && !is_mul(i) {
+            t.model_shift_flags(i)?;
+        }
     }
     let last = kinds[n - 1];
     if matches!(last, Kind::Plain(_) | Kind::Nop | Kind::Push | Kind::Pop) {
@@ -1074,6 +1026,9 @@ struct Tr {
     slots: u64,
     /// Instructions in the translation.
     len: u32,
+    /// The next instruction is a multiply whose flags must be the model's: SF, ZF, AF and
+    /// PF as they were before it (see `emit_keeping_mul_flags`).
+    keep_mul_flags: bool,
 }
 
 fn xmm(n: usize) -> Register {
@@ -1515,7 +1470,7 @@ impl Tr {
             }
             Kind::Plain(None) => {
                 let r = self.renamed(i)?;
-                self.e.push(Ok(r))
+                self.emit_keeping_mul_flags(r)
             }
             Kind::Plain(Some(write)) => {
                 self.ea(i, s0)?;
@@ -1525,7 +1480,7 @@ impl Tr {
                 }
                 self.tlb_aligned(n, write, needs_alignment(i), rip, count, restore)?;
                 let r = self.renamed(i)?;
-                self.e.push(Ok(r))
+                self.emit_keeping_mul_flags(r)
             }
             Kind::Push => {
                 if i.code() != Code::Push_r64 {
@@ -1590,6 +1545,80 @@ impl Tr {
                 self.e.branch(Code::Jmp_rel32_64, l)
             }
         }
+    }
+
+    /// After shift `i` (see `shift_by_constant`), replaces the host's AF and OF, which the
+    /// manuals leave undefined, by the model's: AF set; OF the result's top bit xor CF (shl),
+    /// xor the bit below it (shr), clear (sar).
+    fn model_shift_flags(&mut self, i: &Instruction) -> Option<()> {
+        let (g, bits) = shift_by_constant(i)?;
+        let res = R64[self.host[g]];
+        let [s0, s1, s2, _] = self.s.map(|r| R64[r]);
+        self.e.push(Ok(Instruction::with(Code::Pushfq)))?;
+        self.e.push(Instruction::with1(Code::Pop_r64, s0))?;
+        match i.mnemonic() {
+            M::Sar => self.e.push(Instruction::with2(
+                Code::Xor_r32_rm32,
+                R32[self.s[1]],
+                R32[self.s[1]],
+            ))?,
+            M::Shr => {
+                self.e
+                    .push(Instruction::with2(Code::Mov_r64_rm64, s1, res))?;
+                self.e
+                    .push(Instruction::with2(Code::Shr_rm64_imm8, s1, bits - 2))?;
+                self.e
+                    .push(Instruction::with2(Code::Mov_r64_rm64, s2, s1))?;
+                self.e
+                    .push(Instruction::with2(Code::Shr_rm64_imm8, s2, 1u32))?;
+                self.e
+                    .push(Instruction::with2(Code::Xor_r64_rm64, s1, s2))?;
+            }
+            _ => {
+                self.e
+                    .push(Instruction::with2(Code::Mov_r64_rm64, s1, res))?;
+                self.e
+                    .push(Instruction::with2(Code::Shr_rm64_imm8, s1, bits - 1))?;
+                self.e
+                    .push(Instruction::with2(Code::Xor_r64_rm64, s1, s0))?;
+            }
+        }
+        self.e
+            .push(Instruction::with2(Code::And_rm64_imm8, s1, 1i32))?;
+        self.e
+            .push(Instruction::with2(Code::Shl_rm64_imm8, s1, 11u32))?;
+        self.e.push(Instruction::with2(
+            Code::And_rm64_imm32,
+            s0,
+            !(fl::OF | fl::AF) as i32,
+        ))?;
+        self.e
+            .push(Instruction::with2(Code::Or_rm64_imm8, s0, fl::AF as i32))?;
+        self.e.push(Instruction::with2(Code::Or_r64_rm64, s0, s1))?;
+        self.e.push(Instruction::with1(Code::Push_r64, s0))?;
+        self.e.push(Ok(Instruction::with(Code::Popfq)))
+    }
+
+    /// Emits `r`; if `keep_mul_flags`, with SF, ZF, AF and PF put back as they were before it
+    /// (the model's rule for multiplies; the host's differ).
+    fn emit_keeping_mul_flags(&mut self, r: Instruction) -> Option<()> {
+        if !std::mem::take(&mut self.keep_mul_flags) {
+            return self.e.push(Ok(r));
+        }
+        let [s0, s1, _, _] = self.s.map(|h| R64[h]);
+        self.e.push(Ok(Instruction::with(Code::Pushfq)))?;
+        self.e.push(Ok(r))?;
+        self.e.push(Ok(Instruction::with(Code::Pushfq)))?;
+        self.e.push(Instruction::with1(Code::Pop_r64, s1))?;
+        self.e.push(Instruction::with1(Code::Pop_r64, s0))?;
+        let keep = (fl::SF | fl::ZF | fl::AF | fl::PF) as i32;
+        self.e
+            .push(Instruction::with2(Code::And_rm64_imm32, s0, keep))?;
+        self.e
+            .push(Instruction::with2(Code::And_rm64_imm32, s1, !keep))?;
+        self.e.push(Instruction::with2(Code::Or_r64_rm64, s0, s1))?;
+        self.e.push(Instruction::with1(Code::Push_r64, s0))?;
+        self.e.push(Ok(Instruction::with(Code::Popfq)))
     }
 
     /// Pushes the 64-bit value `v` on the guest's stack.

@@ -118,6 +118,38 @@ host_int_ops!(host_int, Int {
     Unpcklps => "unpcklps", Unpckhps => "unpckhps", Unpcklpd => "unpcklpd", Unpckhpd => "unpckhpd",
 });
 
+macro_rules! pick {
+    ($m:expr, $kind:ident: $($mn:ident),*) => { match $m { $(M::$mn => Some($kind::$mn),)* _ => None } };
+}
+
+/// The floating-point arithmetic run on the host under the guest's MXCSR.
+fn fp_op(m: M) -> Option<Fp> {
+    pick!(m, Fp:
+        Addss, Addsd, Addps, Addpd, Subss, Subsd, Subps, Subpd, Mulss, Mulsd, Mulps, Mulpd,
+        Divss, Divsd, Divps, Divpd, Minss, Minsd, Minps, Minpd, Maxss, Maxsd, Maxps, Maxpd,
+        Sqrtss, Sqrtsd, Sqrtps, Sqrtpd, Cvtss2sd, Cvtsd2ss, Cvtdq2ps, Cvtdq2pd, Cvtps2dq,
+        Cvttps2dq, Cvtpd2dq, Cvttpd2dq, Cvtps2pd, Cvtpd2ps
+    )
+}
+
+/// The SSE2 integer arithmetic run on the host.
+fn int_op(m: M) -> Option<Int> {
+    pick!(m, Int:
+        Paddb, Paddw, Paddd, Paddq, Psubb, Psubw, Psubd, Psubq, Paddsb, Paddsw, Paddusb,
+        Paddusw, Psubsb, Psubsw, Psubusb, Psubusw, Pmullw, Pmulhw, Pmulhuw, Pmuludq, Pmaddwd,
+        Pavgb, Pavgw, Pminub, Pmaxub, Pminsw, Pmaxsw, Psadbw, Pcmpeqb, Pcmpeqw, Pcmpeqd,
+        Pcmpgtb, Pcmpgtw, Pcmpgtd, Packsswb, Packssdw, Packuswb, Punpcklbw, Punpcklwd,
+        Punpckldq, Punpcklqdq, Punpckhbw, Punpckhwd, Punpckhdq, Punpckhqdq, Psllw, Pslld,
+        Psllq, Psrlw, Psrld, Psrlq, Psraw, Psrad, Unpcklps, Unpckhps, Unpcklpd, Unpckhpd
+    )
+}
+
+/// Arithmetic whose results the interpreter takes from the host itself (translated code may
+/// run it in place).
+pub(super) fn runs_on_host(m: M) -> bool {
+    fp_op(m).is_some() || int_op(m).is_some()
+}
+
 /// Packed compares with an immediate predicate: run as the scalar-free form on the host.
 fn host_cmp(packed_double: Option<bool>, pred: u8, a: u128, b: u128, csr: u32) -> (u128, u32) {
     macro_rules! cmp {
@@ -654,16 +686,7 @@ impl Machine {
             return r;
         }
         // Two-operand arithmetic run on the host.
-        macro_rules! pick {
-            ($($mn:ident),*) => { match m { $(M::$mn => Some(Fp::$mn),)* _ => None } };
-        }
-        let fp = pick!(
-            Addss, Addsd, Addps, Addpd, Subss, Subsd, Subps, Subpd, Mulss, Mulsd, Mulps, Mulpd,
-            Divss, Divsd, Divps, Divpd, Minss, Minsd, Minps, Minpd, Maxss, Maxsd, Maxps, Maxpd,
-            Sqrtss, Sqrtsd, Sqrtps, Sqrtpd, Cvtss2sd, Cvtsd2ss, Cvtdq2ps, Cvtdq2pd, Cvtps2dq,
-            Cvttps2dq, Cvtpd2dq, Cvttpd2dq, Cvtps2pd, Cvtpd2ps
-        );
-        if let Some(op) = fp {
+        if let Some(op) = fp_op(m) {
             return Some((|| {
                 let aligned = i.memory_size().size() == 16;
                 let s = self.xsrc(i, 1, aligned)?;
@@ -673,18 +696,7 @@ impl Machine {
                 self.xdst(i, v, false)
             })());
         }
-        macro_rules! pick_int {
-            ($($mn:ident),*) => { match m { $(M::$mn => Some(Int::$mn),)* _ => None } };
-        }
-        let int = pick_int!(
-            Paddb, Paddw, Paddd, Paddq, Psubb, Psubw, Psubd, Psubq, Paddsb, Paddsw, Paddusb,
-            Paddusw, Psubsb, Psubsw, Psubusb, Psubusw, Pmullw, Pmulhw, Pmulhuw, Pmuludq, Pmaddwd,
-            Pavgb, Pavgw, Pminub, Pmaxub, Pminsw, Pmaxsw, Psadbw, Pcmpeqb, Pcmpeqw, Pcmpeqd,
-            Pcmpgtb, Pcmpgtw, Pcmpgtd, Packsswb, Packssdw, Packuswb, Punpcklbw, Punpcklwd,
-            Punpckldq, Punpcklqdq, Punpckhbw, Punpckhwd, Punpckhdq, Punpckhqdq, Psllw, Pslld,
-            Psllq, Psrlw, Psrld, Psrlq, Psraw, Psrad, Unpcklps, Unpckhps, Unpcklpd, Unpckhpd
-        );
-        if let Some(op) = int {
+        if let Some(op) = int_op(m) {
             return Some((|| {
                 if i.op0_register().is_mm() {
                     return Err(self.illegal(i));
