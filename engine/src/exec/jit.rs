@@ -744,23 +744,44 @@ fn uses(f: &mut InstructionInfoFactory, op: &Op, k: Kind) -> Option<u32> {
     Some(set)
 }
 
-/// For shl/sal/shr/sar of a register by a constant that is not 0 (once masked): the register's
-/// number and size in bits.
-fn shift_by_constant(i: &Instruction) -> Option<(usize, u32)> {
-    if !matches!(i.mnemonic(), M::Shl | M::Sal | M::Shr | M::Sar)
-        || i.op0_kind() != OpKind::Register
-    {
+/// Where a shift's result is (for `shift_fixable`).
+#[derive(Clone, Copy)]
+enum ShiftDest {
+    /// A guest register.
+    Reg(usize),
+    /// Memory, at the host address in scratch 0.
+    Mem,
+}
+
+/// For shl/sal/shr/sar of a register or memory by a constant that is not 0 (once masked) or
+/// by CL: where the result is, its size in bits, and whether the count is CL (0 leaves the
+/// flags alone).
+fn shift_fixable(i: &Instruction) -> Option<(ShiftDest, u32, bool)> {
+    if !matches!(i.mnemonic(), M::Shl | M::Sal | M::Shr | M::Sar) {
         return None;
     }
-    let (g, size) = gpr(i.op0_register())?;
-    let count = match i.op_count() {
-        1 => 1,
-        2 if i.op1_kind() == OpKind::Immediate8 => u32::from(i.immediate8()),
+    let (dest, bits) = match i.op0_kind() {
+        OpKind::Register => {
+            let (g, size) = gpr(i.op0_register())?;
+            (ShiftDest::Reg(g), size as u32 * 8)
+        }
+        OpKind::Memory => (ShiftDest::Mem, i.memory_size().size() as u32 * 8),
         _ => return None,
     };
-    let bits = size as u32 * 8;
+    if !matches!(bits, 8 | 16 | 32 | 64) {
+        return None;
+    }
     let mask = if bits == 64 { 63 } else { 31 };
-    (count & mask != 0).then_some((g, bits))
+    match i.op_count() {
+        1 => Some((dest, bits, false)),
+        2 if i.op1_kind() == OpKind::Immediate8 => {
+            (u32::from(i.immediate8()) & mask != 0).then_some((dest, bits, false))
+        }
+        2 if i.op1_kind() == OpKind::Register && i.op1_register() == Register::CL => {
+            Some((dest, bits, true))
+        }
+        _ => None,
+    }
 }
 
 fn is_mul(i: &Instruction) -> bool {
@@ -845,7 +866,7 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
                 }
             }
             // Seen (or kept at the end): worked out as the model's, or not translated.
-            if shift_by_constant(&op.ins).is_some() {
+            if shift_fixable(&op.ins).is_some() {
                 fixed[k] = true;
                 continue;
             }
@@ -1547,15 +1568,49 @@ impl Tr {
         }
     }
 
-    /// After shift `i` (see `shift_by_constant`), replaces the host's AF and OF, which the
+    /// After shift `i` (see `shift_fixable`), replaces the host's AF and OF, which the
     /// manuals leave undefined, by the model's: AF set; OF the result's top bit xor CF (shl),
-    /// xor the bit below it (shr), clear (sar).
+    /// xor the bit below it (shr), clear (sar). A count of 0 (in CL) changes nothing.
     fn model_shift_flags(&mut self, i: &Instruction) -> Option<()> {
-        let (g, bits) = shift_by_constant(i)?;
-        let res = R64[self.host[g]];
-        let [s0, s1, s2, _] = self.s.map(|r| R64[r]);
+        let (dest, bits, by_cl) = shift_fixable(i)?;
+        // Scratch 0 may hold the operand's host address: the flags go to scratch 3.
+        let [s0, s1, s2, s3] = self.s.map(|r| R64[r]);
+        let done = self.e.label();
         self.e.push(Ok(Instruction::with(Code::Pushfq)))?;
-        self.e.push(Instruction::with1(Code::Pop_r64, s0))?;
+        if by_cl {
+            let mask = if bits == 64 { 63u32 } else { 31 };
+            self.e.push(Instruction::with2(
+                Code::Mov_r32_rm32,
+                R32[self.s[1]],
+                Register::ECX,
+            ))?;
+            self.e.push(Instruction::with2(
+                Code::And_rm32_imm32,
+                R32[self.s[1]],
+                mask,
+            ))?;
+            self.e.branch(Code::Je_rel32_64, done)?;
+        }
+        self.e.push(Instruction::with1(Code::Pop_r64, s3))?;
+        if i.mnemonic() != M::Sar {
+            match dest {
+                ShiftDest::Reg(g) => {
+                    let res = R64[self.host[g]];
+                    self.e
+                        .push(Instruction::with2(Code::Mov_r64_rm64, s1, res))?;
+                }
+                ShiftDest::Mem => {
+                    let m = mem(s0, Register::None, 1, 0);
+                    let r32 = R32[self.s[1]];
+                    self.e.push(match bits {
+                        8 => Instruction::with2(Code::Movzx_r32_rm8, r32, m),
+                        16 => Instruction::with2(Code::Movzx_r32_rm16, r32, m),
+                        32 => Instruction::with2(Code::Mov_r32_rm32, r32, m),
+                        _ => Instruction::with2(Code::Mov_r64_rm64, s1, m),
+                    })?;
+                }
+            }
+        }
         match i.mnemonic() {
             M::Sar => self.e.push(Instruction::with2(
                 Code::Xor_r32_rm32,
@@ -1563,8 +1618,6 @@ impl Tr {
                 R32[self.s[1]],
             ))?,
             M::Shr => {
-                self.e
-                    .push(Instruction::with2(Code::Mov_r64_rm64, s1, res))?;
                 self.e
                     .push(Instruction::with2(Code::Shr_rm64_imm8, s1, bits - 2))?;
                 self.e
@@ -1576,11 +1629,9 @@ impl Tr {
             }
             _ => {
                 self.e
-                    .push(Instruction::with2(Code::Mov_r64_rm64, s1, res))?;
-                self.e
                     .push(Instruction::with2(Code::Shr_rm64_imm8, s1, bits - 1))?;
                 self.e
-                    .push(Instruction::with2(Code::Xor_r64_rm64, s1, s0))?;
+                    .push(Instruction::with2(Code::Xor_r64_rm64, s1, s3))?;
             }
         }
         self.e
@@ -1589,13 +1640,14 @@ impl Tr {
             .push(Instruction::with2(Code::Shl_rm64_imm8, s1, 11u32))?;
         self.e.push(Instruction::with2(
             Code::And_rm64_imm32,
-            s0,
+            s3,
             !(fl::OF | fl::AF) as i32,
         ))?;
         self.e
-            .push(Instruction::with2(Code::Or_rm64_imm8, s0, fl::AF as i32))?;
-        self.e.push(Instruction::with2(Code::Or_r64_rm64, s0, s1))?;
-        self.e.push(Instruction::with1(Code::Push_r64, s0))?;
+            .push(Instruction::with2(Code::Or_rm64_imm8, s3, fl::AF as i32))?;
+        self.e.push(Instruction::with2(Code::Or_r64_rm64, s3, s1))?;
+        self.e.push(Instruction::with1(Code::Push_r64, s3))?;
+        self.e.bind(done);
         self.e.push(Ok(Instruction::with(Code::Popfq)))
     }
 
