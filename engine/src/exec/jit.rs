@@ -949,26 +949,27 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
         slots,
         len: n as u32,
         keep_mul_flags: false,
+        spilled: false,
     };
     t.prologue()?;
     for k in 0..n {
-        // After this instruction's TLB check, the flags need restoring unless the instruction
-        // does not read them and it or the next (with nothing in between that could leave)
-        // overwrites them all without reading them.
+        // The host's flags must hold the guest's before this instruction if it reads them,
+        // leaves some of them alone, or has its flags worked out after it. (A TLB check
+        // spills them to the context; they are loaded back only where this needs them.)
         let i = &ops[k].ins;
-        let restore = flags_read(i, fixed[k]) != 0
-            || !{
-                let own = flags_killed(i, fixed[k]) == ARITH6 && matches!(kinds[k], Kind::Plain(_));
-                let next = k + 1 < n
-                    && flags_read(&ops[k + 1].ins, fixed[k + 1]) == 0
-                    && flags_killed(&ops[k + 1].ins, fixed[k + 1]) == ARITH6
-                    && matches!(kinds[k + 1], Kind::Plain(None));
-                own || next
-            };
+        let killed = flags_killed(i, fixed[k]);
+        let restore =
+            flags_read(i, fixed[k]) != 0 || fixed[k] || i.rflags_modified() & ARITH6 & !killed != 0;
+        if t.spilled && restore && !touches_memory(kinds[k]) {
+            t.reload_flags()?;
+        }
         t.keep_mul_flags = fixed[k] && is_mul(i);
         t.op(&ops[k], kinds[k], k as u32, restore)?;
         if fixed[k] && !is_mul(i) {
             t.model_shift_flags(i)?;
+        }
+        if killed == ARITH6 {
+            t.spilled = false;
         }
     }
     let last = kinds[n - 1];
@@ -1030,8 +1031,10 @@ struct Exit {
     /// `None`: the target is already in the context.
     rip: Option<u64>,
     count: u32,
-    /// Left before an instruction on a TLB miss, with the guest's flags on the host stack.
+    /// Left before an instruction on a TLB miss.
     miss: bool,
+    /// The guest's flags are in the context (spilled), not the host's.
+    spilled: bool,
 }
 
 struct Tr {
@@ -1050,6 +1053,9 @@ struct Tr {
     /// The next instruction is a multiply whose flags must be the model's: SF, ZF, AF and
     /// PF as they were before it (see `emit_keeping_mul_flags`).
     keep_mul_flags: bool,
+    /// The guest's flags were spilled to the context (for a TLB check) and the host's are
+    /// garbage until an instruction overwrites all six or they are loaded back.
+    spilled: bool,
 }
 
 fn xmm(n: usize) -> Register {
@@ -1185,6 +1191,7 @@ impl Tr {
             rip,
             count,
             miss,
+            spilled: self.spilled,
         });
         label
     }
@@ -1200,9 +1207,6 @@ impl Tr {
         for x in &exits {
             self.e.bind(x.label);
             if x.miss {
-                if self.flags_live(x.count) {
-                    self.e.push(Ok(Instruction::with(Code::Popfq)))?;
-                }
                 self.e.push(Instruction::with2(
                     Code::Mov_rm64_imm32,
                     base_mem(BASE, OFF_MISSED),
@@ -1214,7 +1218,7 @@ impl Tr {
                     self.mov_store(BASE, 8 * g as i64, self.host[g])?;
                 }
             }
-            if self.flags_live(x.count) {
+            if self.flags_live(x.count) && !x.spilled {
                 self.e.push(Ok(Instruction::with(Code::Pushfq)))?;
                 self.e.push(Instruction::with1(
                     Code::Pop_rm64,
@@ -1343,9 +1347,10 @@ impl Tr {
             .push(Instruction::with2(Code::Lea_r64_m, R64[dst], m))
     }
 
-    /// With the guest address in scratch 0, pushes the flags, looks the page up and leaves
-    /// (a miss) unless it is there for an `n`-byte access; then scratch 0 holds the host
-    /// address, and the flags are restored if `restore`.
+    /// With the guest address in scratch 0, spills the guest's flags to the context (if the
+    /// host holds them), looks the page up and leaves (a miss) unless it is there for an
+    /// `n`-byte access; then scratch 0 holds the host address, and the host's flags are the
+    /// guest's again if `restore`.
     fn tlb(&mut self, n: u64, write: bool, rip: u64, count: u32, restore: bool) -> Option<()> {
         self.tlb_aligned(n, write, false, rip, count, restore)
     }
@@ -1362,8 +1367,13 @@ impl Tr {
     ) -> Option<()> {
         let [s1, s2, s3, s4] = self.s;
         let live = self.flags_live(count);
-        if live {
+        if live && !self.spilled {
             self.e.push(Ok(Instruction::with(Code::Pushfq)))?;
+            self.e.push(Instruction::with1(
+                Code::Pop_rm64,
+                base_mem(BASE, OFF_FLAGS),
+            ))?;
+            self.spilled = true;
         }
         let miss = self.new_exit(Some(rip), count, true);
         if aligned {
@@ -1405,16 +1415,20 @@ impl Tr {
             .push(Instruction::with2(Code::And_rm64_imm32, R64[s1], 0xfffu32))?;
         self.e
             .push(Instruction::with2(Code::Add_r64_rm64, R64[s1], R64[s4]))?;
-        if !live {
-        } else if restore {
-            self.e.push(Ok(Instruction::with(Code::Popfq)))?;
-        } else {
-            self.e.push(Instruction::with2(
-                Code::Lea_r64_m,
-                Register::RSP,
-                base_mem(HOST_RSP, 8),
-            ))?;
+        if live && restore {
+            self.reload_flags()?;
         }
+        Some(())
+    }
+
+    /// Loads the guest's flags spilled to the context back into the host's.
+    fn reload_flags(&mut self) -> Option<()> {
+        self.e.push(Instruction::with1(
+            Code::Push_rm64,
+            base_mem(BASE, OFF_FLAGS),
+        ))?;
+        self.e.push(Ok(Instruction::with(Code::Popfq)))?;
+        self.spilled = false;
         Some(())
     }
 
@@ -1531,14 +1545,14 @@ impl Tr {
             }
             Kind::Jmp => self.exit_now(i.near_branch64(), count + 1),
             Kind::Call => {
-                self.push_imm(op.next, rip, count, true)?;
+                self.push_imm(op.next, rip, count, false)?;
                 self.exit_now(i.near_branch64(), count + 1)
             }
             Kind::Ret => {
                 let rsp = self.host[HOST_RSP];
                 self.e
                     .push(Instruction::with2(Code::Mov_r64_rm64, R64[s0], R64[rsp]))?;
-                self.tlb(8, false, rip, count, true)?;
+                self.tlb(8, false, rip, count, false)?;
                 self.mov_load(s0, s0, 0)?;
                 self.mov_store(BASE, OFF_EXIT_RIP, s0)?;
                 self.e.push(Instruction::with2(
@@ -1555,12 +1569,12 @@ impl Tr {
                     self.mov_store(BASE, OFF_EXIT_RIP, self.host[g])?;
                 } else {
                     self.ea(i, s0)?;
-                    self.tlb(8, false, rip, count, true)?;
+                    self.tlb(8, false, rip, count, false)?;
                     self.mov_load(s0, s0, 0)?;
                     self.mov_store(BASE, OFF_EXIT_RIP, s0)?;
                 }
                 if k == Kind::CallInd {
-                    self.push_imm(op.next, rip, count, true)?;
+                    self.push_imm(op.next, rip, count, false)?;
                 }
                 let l = self.new_exit(None, count + 1, false);
                 self.e.branch(Code::Jmp_rel32_64, l)
