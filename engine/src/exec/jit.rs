@@ -143,7 +143,8 @@ pub(crate) struct Ctx {
     pub budget: u64,
     /// The guest's MXCSR (translations with SSE instructions run under it).
     pub mxcsr: u64,
-    _pad: u64,
+    /// Where a translation keeps host RAX while it loads the flags (`Tr::flags_from`).
+    pub tmp: u64,
     pub xmm: [u128; 16],
 }
 
@@ -158,7 +159,7 @@ impl Ctx {
             missed: 0,
             budget: 0,
             mxcsr: 0,
-            _pad: 0,
+            tmp: 0,
             xmm: [0; 16],
         }
     }
@@ -171,6 +172,7 @@ const OFF_TLB: i64 = 152;
 const OFF_MISSED: i64 = 160;
 const OFF_BUDGET: i64 = 168;
 const OFF_MXCSR: i64 = 176;
+const OFF_TMP: i64 = 184;
 const OFF_XMM: i64 = 192;
 
 /// Offsets of the tag and pointer arrays in `mem::Tlb` (four arrays of 256 words).
@@ -207,6 +209,7 @@ const _: () = assert!(std::mem::offset_of!(Ctx, budget) == OFF_BUDGET as usize);
 const _: () = assert!(std::mem::offset_of!(Ctx, missed) == OFF_MISSED as usize);
 const _: () = assert!(std::mem::offset_of!(Ctx, mxcsr) == OFF_MXCSR as usize);
 const _: () = assert!(std::mem::offset_of!(Ctx, xmm) == OFF_XMM as usize);
+const _: () = assert!(std::mem::offset_of!(Ctx, tmp) == OFF_TMP as usize);
 const _: () = assert!(std::mem::offset_of!(Ctx, tlb) == OFF_TLB as usize);
 const _: () = assert!(std::mem::offset_of!(Ctx, exit_count) == OFF_EXIT_COUNT as usize);
 
@@ -450,6 +453,12 @@ static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 static CHECKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether machines made from now on translate hot blocks (on by default).
+/// Whether the host has LAHF and SAHF in 64-bit mode (CPUID 8000_0001h ECX bit 0).
+fn has_sahf() -> bool {
+    static SAHF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SAHF.get_or_init(|| std::arch::x86_64::__cpuid(0x8000_0001).ecx & 1 != 0)
+}
+
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
@@ -1170,11 +1179,7 @@ impl Tr {
             }
         }
         if self.load_flags {
-            self.e.push(Instruction::with1(
-                Code::Push_rm64,
-                base_mem(BASE, OFF_FLAGS),
-            ))?;
-            self.e.push(Ok(Instruction::with(Code::Popfq)))?;
+            self.flags_from_ctx()?;
         }
         for g in 0..16 {
             if self.used >> g & 1 != 0 {
@@ -1423,13 +1428,47 @@ impl Tr {
 
     /// Loads the guest's flags spilled to the context back into the host's.
     fn reload_flags(&mut self) -> Option<()> {
-        self.e.push(Instruction::with1(
-            Code::Push_rm64,
-            base_mem(BASE, OFF_FLAGS),
-        ))?;
-        self.e.push(Ok(Instruction::with(Code::Popfq)))?;
+        self.flags_from_ctx()?;
         self.spilled = false;
         Some(())
+    }
+
+    /// Sets the host's six arithmetic flags from the image in the context's `flags` (as
+    /// `pushfq` stores them). `popfq` is slow (microcoded, and it also loads the system
+    /// flags), so where the host has LAHF/SAHF: OF from an 8-bit add that overflows exactly
+    /// when the image's OF is set, then the other five from AH; host RAX is kept in the
+    /// context meanwhile.
+    fn flags_from_ctx(&mut self) -> Option<()> {
+        if !has_sahf() {
+            self.e.push(Instruction::with1(
+                Code::Push_rm64,
+                base_mem(BASE, OFF_FLAGS),
+            ))?;
+            return self.e.push(Ok(Instruction::with(Code::Popfq)));
+        }
+        let (al, ah) = (Register::AL, Register::AH);
+        self.mov_store(BASE, OFF_TMP, 0)?;
+        self.e.push(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::EAX,
+            base_mem(BASE, OFF_FLAGS),
+        ))?;
+        self.e.push(Instruction::with2(Code::Mov_r8_rm8, al, ah))?;
+        self.e
+            .push(Instruction::with2(Code::And_AL_imm8, al, (fl::OF >> 8) as u32))?;
+        self.e.push(Instruction::with2(
+            Code::Add_AL_imm8,
+            al,
+            0x80 - (fl::OF >> 8) as u32,
+        ))?;
+        self.e.push(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::EAX,
+            base_mem(BASE, OFF_FLAGS),
+        ))?;
+        self.e.push(Instruction::with2(Code::Mov_r8_rm8, ah, al))?;
+        self.e.push(Ok(Instruction::with(Code::Sahf)))?;
+        self.mov_load(0, BASE, OFF_TMP)
     }
 
     /// `i` with its registers renamed and its memory operand (if any) at [scratch 0].
@@ -1660,9 +1699,17 @@ impl Tr {
         self.e
             .push(Instruction::with2(Code::Or_rm64_imm8, s3, fl::AF as i32))?;
         self.e.push(Instruction::with2(Code::Or_r64_rm64, s3, s1))?;
-        self.e.push(Instruction::with1(Code::Push_r64, s3))?;
-        self.e.bind(done);
-        self.e.push(Ok(Instruction::with(Code::Popfq)))
+        // (Host flags are the guest's here: the context's copy is not needed.)
+        self.mov_store(BASE, OFF_FLAGS, self.s[3])?;
+        self.flags_from_ctx()?;
+        if by_cl {
+            let end = self.e.label();
+            self.e.branch(Code::Jmp_rel32_64, end)?;
+            self.e.bind(done);
+            self.e.push(Ok(Instruction::with(Code::Popfq)))?;
+            self.e.bind(end);
+        }
+        Some(())
     }
 
     /// Emits `r`; if `keep_mul_flags`, with SF, ZF, AF and PF put back as they were before it
@@ -1683,8 +1730,8 @@ impl Tr {
         self.e
             .push(Instruction::with2(Code::And_rm64_imm32, s1, !keep))?;
         self.e.push(Instruction::with2(Code::Or_r64_rm64, s0, s1))?;
-        self.e.push(Instruction::with1(Code::Push_r64, s0))?;
-        self.e.push(Ok(Instruction::with(Code::Popfq)))
+        self.mov_store(BASE, OFF_FLAGS, self.s[0])?;
+        self.flags_from_ctx()
     }
 
     /// Pushes the 64-bit value `v` on the guest's stack.
