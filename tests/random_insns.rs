@@ -404,6 +404,81 @@ fn check_family(name: &str, gen: fn(&mut Rng, &mut String), programs: u64, per_p
     }
 }
 
+/// The same families in a loop that runs 300 times, so that the interpreter translates its
+/// blocks to host code: every translation is checked against the interpreter
+/// (`--check-jit`), and the run must end exactly as `--no-jit` does (output, status, icount,
+/// state hash). Random conditional jumps over single instructions split the body into blocks
+/// whose flags flow from one into the next.
+fn check_family_translated(
+    name: &str,
+    gen: fn(&mut Rng, &mut String),
+    programs: u64,
+    per_program: usize,
+) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("random-insns");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut translated = 0;
+    for p in 0..programs {
+        let seed = 7000 + 1000 * p + name.len() as u64;
+        let mut r = Rng(seed | 1);
+        let mut body = String::from("mov qword ptr [rip + loops], 300\n1:");
+        for n in 0..per_program {
+            if r.below(4) == 0 {
+                let _ = writeln!(body, "j{} 9{n}f", r.pick(CC));
+                gen(&mut r, &mut body);
+                let _ = writeln!(body, "9{n}:");
+            } else {
+                gen(&mut r, &mut body);
+            }
+        }
+        body.push_str("dec qword ptr [rip + loops]\njnz 1b");
+        let src = dir.join(format!("{name}-loop-{p}.c"));
+        let c = format!("unsigned long loops;\n{}", guest(seed, &body));
+        std::fs::write(&src, c).expect("write guest");
+        let bin = build(&src, "musl-gcc", "-O1");
+        let run = |flag: &str| {
+            let mut c = fx86();
+            c.arg(flag).args(["run", "--stats", "--"]).arg(&bin);
+            run_with_input(c, b"")
+        };
+        let (jit, interp) = (run("--check-jit"), run("--no-jit"));
+        let what = format!("{name} program {p} ({})", src.display());
+        assert_ne!(
+            status_code(&jit),
+            70,
+            "a translation disagreed with the interpreter on {what}: {}",
+            lossy(&jit.stderr)
+        );
+        assert_eq!(status_code(&jit), status_code(&interp), "status on {what}");
+        let (a, b) = (stats_line(&jit), stats_line(&interp));
+        for key in ["icount", "state", "exit"] {
+            assert_eq!(
+                stat_field(&a, key),
+                stat_field(&b, key),
+                "{key} differs on {what}"
+            );
+        }
+        if stat_field(&a, "translated") != "0" {
+            translated += 1;
+        }
+    }
+    // (A program may crash early, or every block may start with an instruction left to the
+    // interpreter, such as a division.)
+    assert!(
+        translated * 2 >= programs,
+        "only {translated} of {programs} {name} programs had blocks translated"
+    );
+}
+
+#[test]
+fn random_families_translated() {
+    check_family_translated("alu", alu, 20, 60);
+    check_family_translated("shift", shifts, 20, 60);
+    check_family_translated("muldiv", muldiv, 20, 40);
+    check_family_translated("bits", bits_family, 20, 60);
+    check_family_translated("sse2", sse2, 20, 40);
+}
+
 #[test]
 fn random_alu() {
     check_family("alu", alu, 25, 200);

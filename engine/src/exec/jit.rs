@@ -786,7 +786,11 @@ fn shift_fixable(i: &Instruction) -> Option<(ShiftDest, u32, bool)> {
         2 if i.op1_kind() == OpKind::Immediate8 => {
             (u32::from(i.immediate8()) & mask != 0).then_some((dest, bits, false))
         }
-        2 if i.op1_kind() == OpKind::Register && i.op1_register() == Register::CL => {
+        // (Not a shift of RCX itself: the count is read again after the shift.)
+        2 if i.op1_kind() == OpKind::Register
+            && i.op1_register() == Register::CL
+            && !matches!(dest, ShiftDest::Reg(1)) =>
+        {
             Some((dest, bits, true))
         }
         _ => None,
@@ -1454,8 +1458,11 @@ impl Tr {
             base_mem(BASE, OFF_FLAGS),
         ))?;
         self.e.push(Instruction::with2(Code::Mov_r8_rm8, al, ah))?;
-        self.e
-            .push(Instruction::with2(Code::And_AL_imm8, al, (fl::OF >> 8) as u32))?;
+        self.e.push(Instruction::with2(
+            Code::And_AL_imm8,
+            al,
+            (fl::OF >> 8) as u32,
+        ))?;
         self.e.push(Instruction::with2(
             Code::Add_AL_imm8,
             al,
