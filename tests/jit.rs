@@ -2,43 +2,56 @@
 //! guest exactly as the interpreter alone does: the same output, exit status, icount and state
 //! hash. `--check-jit` also runs every translation's instructions again in the interpreter
 //! and stops the process (status 70) at the first disagreement in registers, flags, memory
-//! or instruction count.
+//! or instruction count. It runs each translation on its own, so the same guests also run
+//! translated as usual (translations jumping straight into one another, TLB hits on
+//! writes), and that run must end exactly as `--no-jit` does too.
 
 mod common;
 use common::*;
 use std::path::Path;
 
-/// Runs `bin args` (stdin `input`) with `--check-jit` and with `--no-jit`, and asserts that
-/// they agree. Returns the `--stats` line of the translated run.
+/// Runs `bin args` (stdin `input`) with `--check-jit`, as usual (translated), and with
+/// `--no-jit`, and asserts that they agree. Returns the `--stats` line of the usual run.
 fn agrees(bin: &Path, args: &[&str], input: &[u8]) -> String {
-    let run = |flag: &str| {
+    let run = |flag: Option<&str>| {
         let mut c = fx86();
-        c.arg(flag)
+        c.args(flag)
             .args(["run", "--stats", "--"])
             .arg(bin)
             .args(args);
         run_with_input(c, input)
     };
-    let jit = run("--check-jit");
-    let interp = run("--no-jit");
+    let checked = run(Some("--check-jit"));
+    let interp = run(Some("--no-jit"));
+    let usual = run(None);
     let what = format!("{} {args:?}", bin.display());
     assert_ne!(
-        status_code(&jit),
+        status_code(&checked),
         70,
         "a translation disagreed with the interpreter on {what}: {}",
-        lossy(&jit.stderr)
+        lossy(&checked.stderr)
     );
-    assert_eq!(jit.stdout, interp.stdout, "stdout differs on {what}");
-    assert_eq!(status_code(&jit), status_code(&interp), "status on {what}");
-    let (a, b) = (stats_line(&jit), stats_line(&interp));
-    for key in ["icount", "state", "exit"] {
+    let b = stats_line(&interp);
+    for (mode, jit) in [("--check-jit", &checked), ("translated", &usual)] {
         assert_eq!(
-            stat_field(&a, key),
-            stat_field(&b, key),
-            "{key} differs on {what}"
+            jit.stdout, interp.stdout,
+            "stdout differs on {what} ({mode})"
         );
+        assert_eq!(
+            status_code(jit),
+            status_code(&interp),
+            "status on {what} ({mode})"
+        );
+        let a = stats_line(jit);
+        for key in ["icount", "state", "exit"] {
+            assert_eq!(
+                stat_field(&a, key),
+                stat_field(&b, key),
+                "{key} differs on {what} ({mode})"
+            );
+        }
     }
-    a
+    stats_line(&usual)
 }
 
 const GUESTS: &[&str] = &[
@@ -55,6 +68,7 @@ const GUESTS: &[&str] = &[
     "crash_fpe.c",
     "sse2.c",
     "floats.c",
+    "hotpatch.c",
 ];
 
 #[test]
@@ -106,6 +120,19 @@ fn translated_code_matches_the_interpreter_on_dynamic_programs() {
         ],
         b"",
     );
+}
+
+#[test]
+fn hot_code_patched_between_rounds_runs_as_natively() {
+    // Callee and caller are translated and linked; the callee is then patched under a caller
+    // that stays hot: the link must not lead into the old code.
+    let bin = build(&guest_src("hotpatch.c"), "gcc", "-O2");
+    let native = std::process::Command::new(&bin).output().expect("native");
+    let mut c = fx86();
+    c.args(["run", "--stats", "--"]).arg(&bin);
+    let o = run_with_input(c, b"");
+    assert_eq!(lossy(&o.stdout), lossy(&native.stdout));
+    assert!(stat_num(&stats_line(&o), "translated") > 0);
 }
 
 #[test]

@@ -300,6 +300,9 @@ pub(crate) struct Jit {
     pub checking: bool,
     /// Blocks translated so far.
     pub translated: u64,
+    /// Link sites by the guest address they lead to: the address of a `jmp rel32` field
+    /// in a translation, and that translation's guest address (see `Emit::link`).
+    links: std::collections::HashMap<u64, Vec<(*mut u8, u64)>>,
 }
 
 impl Default for Jit {
@@ -312,6 +315,7 @@ impl Default for Jit {
             failed: false,
             checking: CHECKING.load(std::sync::atomic::Ordering::Relaxed),
             translated: 0,
+            links: Default::default(),
         }
     }
 }
@@ -382,7 +386,7 @@ impl Jit {
                 ..EMPTY
             },
         );
-        let (code, insns) = translate(ops, self.slots.as_ptr() as u64)?;
+        let (code, insns, links) = translate(ops, self.slots.as_ptr() as u64)?;
         if self.region.is_none() {
             self.region = Region::new();
             if self.region.is_none() {
@@ -397,6 +401,7 @@ impl Jit {
                 // Full: start again (nothing runs while translating).
                 self.slots.iter_mut().for_each(|s| *s = EMPTY);
                 self.known.clear();
+                self.links.clear();
                 region.used = TRAMPOLINE_SPACE;
                 region.put(&code)?
             }
@@ -411,7 +416,32 @@ impl Jit {
         };
         self.known.insert(rip, self.slots[k]);
         self.translated += 1;
+        for (off, to) in links {
+            // SAFETY: `off` is inside the code just put at `p`.
+            let site = unsafe { p.add(off) } as *mut u8;
+            self.links.entry(to).or_default().push((site, rip));
+            if let Some(t) = self.known.get(&to).filter(|t| !t.code.is_null()) {
+                Self::patch(site, t.code);
+            }
+        }
+        for &(site, _) in self.links.get(&rip).into_iter().flatten() {
+            Self::patch(site, p);
+        }
         Some((p, insns))
+    }
+
+    /// Points link site `site` (a rel32 field) at `to`, or at the instruction after it
+    /// (the exit's own way on) if `to` is null.
+    fn patch(site: *mut u8, to: *const u8) {
+        let rel = if to.is_null() {
+            0
+        } else {
+            (to as i64 - (site as i64 + 4)) as i32
+        };
+        // SAFETY: `site` is a rel32 field of a translation in the region (writable; no
+        // translation runs while the `Jit` is borrowed mutably), and the region is far
+        // smaller than 2 GiB.
+        unsafe { (site as *mut i32).write_unaligned(rel) };
     }
 
     /// Forgets the translations of code on page `pn`.
@@ -422,13 +452,33 @@ impl Jit {
                 *s = EMPTY;
             }
         }
+        let gone: Vec<u64> = self
+            .known
+            .values()
+            .filter(|s| on(s) && !s.code.is_null())
+            .map(|s| s.rip)
+            .collect();
         self.known.retain(|_, s| !on(s));
+        if gone.is_empty() {
+            return;
+        }
+        // Jumps into the forgotten translations take their exits' own way again; the
+        // forgotten translations' own sites are dropped.
+        for rip in &gone {
+            for &(site, _) in self.links.get(rip).into_iter().flatten() {
+                Self::patch(site, std::ptr::null());
+            }
+        }
+        for sites in self.links.values_mut() {
+            sites.retain(|(_, from)| !gone.contains(from));
+        }
     }
 
     /// Forgets every translation.
     pub(crate) fn clear(&mut self) {
         self.slots.iter_mut().for_each(|s| *s = EMPTY);
         self.known.clear();
+        self.links.clear();
         if let Some(r) = self.region.as_mut() {
             r.used = TRAMPOLINE_SPACE;
         }
@@ -831,7 +881,7 @@ fn touches_memory(k: Kind) -> bool {
 }
 
 /// Host code for the longest translatable prefix of `ops`, and its length in instructions.
-fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
+fn translate(ops: &[Op], slots: u64) -> Option<Translation> {
     let mut f = InstructionInfoFactory::new();
     let mut kinds = Vec::new();
     let mut used = 0u32;
@@ -961,18 +1011,22 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
         load_flags,
         slots,
         len: n as u32,
+        rip: ops[0].ins.ip(),
         keep_mul_flags: false,
         spilled: false,
     };
     t.prologue()?;
     for k in 0..n {
         // The host's flags must hold the guest's before this instruction if it reads them,
-        // leaves some of them alone, or has its flags worked out after it. (A TLB check
-        // spills them to the context; they are loaded back only where this needs them.)
+        // writes some of them but not all six (those it leaves alone must be right after
+        // it: a spilled copy would no longer be), or has its flags worked out after it. (A
+        // TLB check spills them to the context; they are loaded back only where this needs
+        // them.)
         let i = &ops[k].ins;
         let killed = flags_killed(i, fixed[k]);
-        let restore =
-            flags_read(i, fixed[k]) != 0 || fixed[k] || i.rflags_modified() & ARITH6 & !killed != 0;
+        let restore = flags_read(i, fixed[k]) != 0
+            || fixed[k]
+            || (i.rflags_modified() & ARITH6 != 0 && killed != ARITH6);
         if t.spilled && restore && !touches_memory(kinds[k]) {
             t.reload_flags()?;
         }
@@ -991,7 +1045,8 @@ fn translate(ops: &[Op], slots: u64) -> Option<(Vec<u8>, u32)> {
         t.exit_now(rip, n as u32)?;
     }
     t.emit_exits()?;
-    Some((t.e.finish()?, n as u32))
+    let (code, links) = t.e.finish()?;
+    Some((code, n as u32, links))
 }
 
 #[derive(Default)]
@@ -999,7 +1054,16 @@ struct Emit {
     ins: Vec<Instruction>,
     fixups: Vec<(usize, usize)>,
     labels: Vec<Option<usize>>,
+    /// Link sites (see `Emit::link`): the instruction and the guest address it may jump to.
+    links: Vec<(usize, u64)>,
 }
+
+/// Link sites of encoded code: (offset of the rel32 field, guest address).
+type Links = Vec<(usize, u64)>;
+
+/// What `translate` made: the host code, how many guest instructions it covers, and its
+/// link sites.
+type Translation = (Vec<u8>, u32, Links);
 
 impl Emit {
     fn push(&mut self, i: Result<Instruction, iced_x86::IcedError>) -> Option<()> {
@@ -1017,7 +1081,14 @@ impl Emit {
         self.fixups.push((self.ins.len(), l));
         self.push(Instruction::with_branch(code, 0))
     }
-    fn finish(mut self) -> Option<Vec<u8>> {
+    /// A `jmp rel32` to the next instruction, which `Jit` patches to jump straight to the
+    /// translation of `rip` once there is one (and back when it is forgotten). Raw bytes,
+    /// so the encoder keeps its size.
+    fn link(&mut self, rip: u64) -> Option<()> {
+        self.links.push((self.ins.len(), rip));
+        self.push(Instruction::with_declare_byte(&[0xe9, 0, 0, 0, 0]))
+    }
+    fn finish(mut self) -> Option<(Vec<u8>, Links)> {
         const ORG: u64 = 0x10_0000;
         for (k, i) in self.ins.iter_mut().enumerate() {
             i.set_ip(ORG + 16 * k as u64);
@@ -1032,10 +1103,15 @@ impl Emit {
         let r = BlockEncoder::encode(
             64,
             InstructionBlock::new(&self.ins, ORG),
-            BlockEncoderOptions::NONE,
+            BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
         )
         .ok()?;
-        Some(r.code_buffer)
+        let links = self
+            .links
+            .iter()
+            .map(|&(k, rip)| Some((*r.new_instruction_offsets.get(k)? as usize + 1, rip)))
+            .collect::<Option<Vec<_>>>()?;
+        Some((r.code_buffer, links))
     }
 }
 
@@ -1063,6 +1139,8 @@ struct Tr {
     slots: u64,
     /// Instructions in the translation.
     len: u32,
+    /// Its guest address.
+    rip: u64,
     /// The next instruction is a multiply whose flags must be the model's: SF, ZF, AF and
     /// PF as they were before it (see `emit_keeping_mul_flags`).
     keep_mul_flags: bool,
@@ -1129,8 +1207,7 @@ impl Tr {
     }
 
     fn prologue(&mut self) -> Option<()> {
-        // Enough budget left for the whole translation? Otherwise back to the caller, with
-        // EXIT_RIP already this translation's start.
+        // Enough budget left for the whole translation? Otherwise back to the caller.
         self.mov_load(0, BASE, OFF_BUDGET)?;
         self.e.push(Instruction::with2(
             Code::Sub_r64_rm64,
@@ -1142,8 +1219,18 @@ impl Tr {
             Register::RAX,
             self.len,
         ))?;
+        // Back to the caller with EXIT_RIP this translation's start (it may have been
+        // entered through a link, which does not set it).
         let go = self.e.label();
+        let bail = self.e.label();
         self.e.branch(Code::Jae_rel32_64, go)?;
+        self.e.bind(bail);
+        self.e.push(Instruction::with2(
+            Code::Mov_r64_imm64,
+            Register::RAX,
+            self.rip,
+        ))?;
+        self.mov_store(BASE, OFF_EXIT_RIP, 0)?;
         self.e.push(Ok(Instruction::with(Code::Retnq)))?;
         self.e.bind(go);
         if self.used >> 16 != 0 {
@@ -1164,10 +1251,7 @@ impl Tr {
                 Register::EAX,
                 0x1f80u32,
             ))?;
-            let masked = self.e.label();
-            self.e.branch(Code::Je_rel32_64, masked)?;
-            self.e.push(Ok(Instruction::with(Code::Retnq)))?;
-            self.e.bind(masked);
+            self.e.branch(Code::Jne_rel32_64, bail)?;
             self.e.push(Instruction::with1(
                 Code::Ldmxcsr_m32,
                 base_mem(BASE, OFF_MXCSR),
@@ -1256,6 +1340,9 @@ impl Tr {
             ))?;
             match x.rip {
                 Some(rip) => {
+                    if !x.miss {
+                        self.e.link(rip)?;
+                    }
                     self.e
                         .push(Instruction::with2(Code::Mov_r64_imm64, Register::RAX, rip))?;
                     self.mov_store(BASE, OFF_EXIT_RIP, 0)?;
