@@ -10,48 +10,10 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// Runs `bin args` (stdin `input`) with `--check-jit`, as usual (translated), and with
-/// `--no-jit`, and asserts that they agree. Returns the `--stats` line of the usual run.
+/// See `assert_translation_agrees`.
 fn agrees(bin: &Path, args: &[&str], input: &[u8]) -> String {
-    let run = |flag: Option<&str>| {
-        let mut c = fx86();
-        c.args(flag)
-            .args(["run", "--stats", "--"])
-            .arg(bin)
-            .args(args);
-        run_with_input(c, input)
-    };
-    let checked = run(Some("--check-jit"));
-    let interp = run(Some("--no-jit"));
-    let usual = run(None);
     let what = format!("{} {args:?}", bin.display());
-    assert_ne!(
-        status_code(&checked),
-        70,
-        "a translation disagreed with the interpreter on {what}: {}",
-        lossy(&checked.stderr)
-    );
-    let b = stats_line(&interp);
-    for (mode, jit) in [("--check-jit", &checked), ("translated", &usual)] {
-        assert_eq!(
-            jit.stdout, interp.stdout,
-            "stdout differs on {what} ({mode})"
-        );
-        assert_eq!(
-            status_code(jit),
-            status_code(&interp),
-            "status on {what} ({mode})"
-        );
-        let a = stats_line(jit);
-        for key in ["icount", "state", "exit"] {
-            assert_eq!(
-                stat_field(&a, key),
-                stat_field(&b, key),
-                "{key} differs on {what} ({mode})"
-            );
-        }
-    }
-    stats_line(&usual)
+    assert_translation_agrees(bin, args, input, &[], &what)
 }
 
 const GUESTS: &[&str] = &[

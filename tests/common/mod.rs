@@ -121,6 +121,60 @@ pub fn stat_field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// A numeric `key=value` field of a `--stats` line.
+/// Runs `fx86 [flag] run --stats RUN_ARGS -- bin args` (stdin `input`) with `--check-jit`,
+/// as usual (translated) and with `--no-jit`, and asserts that they agree: no translation
+/// disagreed with the interpreter (`--check-jit` runs each one again and stops with status
+/// 70), and the output, status, icount and state hash of both translated runs are those of
+/// the interpreter's. Returns the `--stats` line of the usual run.
+pub fn assert_translation_agrees(
+    bin: &Path,
+    args: &[&str],
+    input: &[u8],
+    run_args: &[&str],
+    what: &str,
+) -> String {
+    let run = |flag: Option<&str>| {
+        let mut c = fx86();
+        c.args(flag)
+            .args(["run", "--stats"])
+            .args(run_args)
+            .arg("--")
+            .arg(bin)
+            .args(args);
+        run_with_input(c, input)
+    };
+    let checked = run(Some("--check-jit"));
+    let interp = run(Some("--no-jit"));
+    let usual = run(None);
+    assert_ne!(
+        status_code(&checked),
+        70,
+        "a translation disagreed with the interpreter on {what}: {}",
+        lossy(&checked.stderr)
+    );
+    let b = stats_line(&interp);
+    for (mode, jit) in [("--check-jit", &checked), ("translated", &usual)] {
+        assert_eq!(
+            jit.stdout, interp.stdout,
+            "stdout differs on {what} ({mode})"
+        );
+        assert_eq!(
+            status_code(jit),
+            status_code(&interp),
+            "status on {what} ({mode})"
+        );
+        let a = stats_line(jit);
+        for key in ["icount", "state", "exit"] {
+            assert_eq!(
+                stat_field(&a, key),
+                stat_field(&b, key),
+                "{key} differs on {what} ({mode})"
+            );
+        }
+    }
+    stats_line(&usual)
+}
+
 pub fn stat_num(line: &str, key: &str) -> u64 {
     stat_field(line, key)
         .parse()
