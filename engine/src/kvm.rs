@@ -821,6 +821,7 @@ fn replay_on(
     r.pause_at_events = true;
     r.pause_pages = Some(s.interp_pages.clone());
     r.pause_sites = Some(s.trap_sites.clone());
+    r.fence_pauses();
     r.paused = false;
     r.ended = None;
     let stop = match cancel {

@@ -672,8 +672,9 @@ impl Machine {
                     let f = self.cpu.rflags();
                     if u64::from(n) <= limit.saturating_sub(self.icount) && jit::flags_allow(f) {
                         // Translations follow one another while they can: no breakpoints
-                        // or pauses to look for between blocks.
-                        let chain = !bps && !pausing && self.site_visits.is_none();
+                        // to look for between blocks. (Replay pauses are looked for only in
+                        // blocks that concern them, which `fence_pauses` keeps untranslated.)
+                        let chain = !bps && self.site_visits.is_none();
                         // The instruction a translation stopped before goes to the
                         // interpreter.
                         jit_skip = self.run_translated(code, f, chain, limit);
@@ -949,6 +950,22 @@ impl Machine {
         m.icount = s.icount;
         m.ended = s.ended.clone();
         m
+    }
+
+    /// Forgets the translations of the code that replay pauses concern (`pause_pages`, the
+    /// pages of `pause_sites` and of `pause_match`'s RIP): with translations jumping straight
+    /// into one another, such code must run in the interpreter, which looks before each of
+    /// its instructions. (Blocks that concern a pause are not translated while pausing: only
+    /// translations made before, for other pauses, need forgetting.) Call after setting them.
+    pub(crate) fn fence_pauses(&mut self) {
+        let mut pages = self.pause_pages.as_deref().cloned().unwrap_or_default();
+        let sites = self.pause_sites.iter().flat_map(|s| s.iter().copied());
+        for rip in sites.chain(self.pause_match.as_ref().map(|p| p.rip)) {
+            // (An instruction may run into the next page.)
+            pages.insert(rip >> 12);
+            pages.insert((rip + 15) >> 12);
+        }
+        self.blocks.jit.invalidate_pages(&pages);
     }
 
     /// Whether the state now is the one `pause_match` looks for.

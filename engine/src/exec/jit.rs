@@ -446,7 +446,21 @@ impl Jit {
 
     /// Forgets the translations of code on page `pn`.
     pub(crate) fn invalidate_page(&mut self, pn: u64) {
-        let on = |s: &Slot| s.rip != u64::MAX && (s.rip >> 12..=s.last_page).contains(&pn);
+        self.invalidate_where(|first, last| (first..=last).contains(&pn));
+    }
+
+    /// Forgets the translations of code on any of the pages `pages`.
+    pub(crate) fn invalidate_pages(&mut self, pages: &std::collections::BTreeSet<u64>) {
+        if !pages.is_empty() {
+            self.invalidate_where(|first, last| {
+                first <= last && pages.range(first..=last).next().is_some()
+            });
+        }
+    }
+
+    /// Forgets the translations whose code spans pages `first..=last` for which `hit` holds.
+    fn invalidate_where(&mut self, hit: impl Fn(u64, u64) -> bool) {
+        let on = |s: &Slot| s.rip != u64::MAX && hit(s.rip >> 12, s.last_page);
         for s in self.slots.iter_mut() {
             if on(s) {
                 *s = EMPTY;
