@@ -396,7 +396,7 @@ fn run_native(
             s.syscalls,
             s.kicks,
             s.exceptions,
-            if vm.host_flags_match { "model" } else { "differ" },
+            if vm.host_flags_match() { "model" } else { "differ" },
             s.interpreted,
             s.interpreted_insns,
             s.emulated,
@@ -760,7 +760,9 @@ fn main() -> Result<()> {
             Ok(None) => run(stats, max_insns, seed, snapshot_memory, &prog),
             Ok(Some(mut vm)) => {
                 vm.cross_check = cross_check;
-                vm.host_flags_match &= !assume_host_flags_differ;
+                if assume_host_flags_differ {
+                    vm.assume_host_flags_differ();
+                }
                 vm.bursts &= !no_bursts;
                 if kick_ms > 0 {
                     vm.kick_every(std::time::Duration::from_millis(kick_ms));

@@ -112,6 +112,12 @@ const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_RF: u64 = 1 << 16;
 
+/// See `NativeVm::host_flags_match`.
+enum HostFlags {
+    Probing(std::thread::JoinHandle<bool>),
+    Known(bool),
+}
+
 /// Anonymous host memory given to the VM as guest-physical memory.
 struct Region {
     ptr: *mut u8,
@@ -477,9 +483,8 @@ pub struct NativeVm {
     pub cross_check: bool,
     /// Whether frequent exits may be replaced by bursts of interpretation (see `emu_window`).
     pub bursts: bool,
-    /// This CPU sets undefined flags as the model does (see `host_flags_match_model`); if
-    /// not, instructions whose undefined flags could be observed are interpreted.
-    pub host_flags_match: bool,
+    /// Whether this CPU sets undefined flags as the model does (see `host_flags_match`).
+    host_flags: HostFlags,
     /// Raised to stop the run (Ctrl-C): checked at every exit, and a signal that interrupts
     /// `KVM_RUN` ends the run at the start of the stretch it cut short.
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
@@ -1201,7 +1206,9 @@ impl NativeVm {
             calm_blocks: Vec::new(),
             patterns: BTreeMap::new(),
             cross_check: false,
-            host_flags_match: host_flags_match_model(),
+            // (Probed on a thread of its own while the VM is built and the guest loaded: it
+            // takes milliseconds, and is first needed when code is first classified.)
+            host_flags: HostFlags::Probing(std::thread::spawn(host_flags_match_model)),
             stop: None,
             interrupted: false,
             kicker: None,
@@ -1813,6 +1820,7 @@ impl NativeVm {
         } else {
             PAGE_SIZE
         };
+        let host_flags_match = self.host_flags_match();
         let mut followed = Followed {
             m,
             patched: &self.patched,
@@ -1824,7 +1832,7 @@ impl NativeVm {
             waits: BTreeMap::new(),
         };
         let mut nowhere = Nowhere;
-        let beyond: Option<&mut dyn Beyond> = if self.host_flags_match {
+        let beyond: Option<&mut dyn Beyond> = if host_flags_match {
             None
         } else if self.redos.get(&pn).is_some_and(|&n| n >= MAX_REDOS) {
             Some(&mut nowhere)
@@ -2903,6 +2911,28 @@ impl NativeVm {
         self.copied_again = 0;
     }
 
+    /// Whether this CPU sets the flags that shifts, rotates, multiplies and divides leave
+    /// undefined exactly as the model does (`host_flags_match_model`); if not, instructions
+    /// whose undefined flags could be observed are interpreted.
+    pub fn host_flags_match(&mut self) -> bool {
+        if let HostFlags::Probing(_) = self.host_flags {
+            let HostFlags::Probing(probe) =
+                std::mem::replace(&mut self.host_flags, HostFlags::Known(false))
+            else {
+                unreachable!()
+            };
+            // (A probe that panicked counts as a disagreement.)
+            self.host_flags = HostFlags::Known(probe.join().unwrap_or(false));
+        }
+        matches!(self.host_flags, HostFlags::Known(true))
+    }
+
+    /// Treats this CPU as one whose undefined flags differ from the model's (for tests and
+    /// measurements on hosts where they match).
+    pub fn assume_host_flags_differ(&mut self) {
+        self.host_flags = HostFlags::Known(false);
+    }
+
     /// Kicks the VM out every `period` (from the thread that calls this, which must be the
     /// one that runs it): long native stretches are cut into pieces whose ends are exact
     /// states, found again by replay (the first instruction boundary in the stretch with the
@@ -2981,8 +3011,9 @@ impl NativeVm {
                 Event::Kicked { .. } => (false, false),
                 Event::Interrupted => unreachable!("handled above"),
             };
+            let host_flags_match = self.host_flags_match();
             let kicked = matches!(ev, Event::Kicked { .. }).then(|| {
-                let ignore = if self.host_flags_match {
+                let ignore = if host_flags_match {
                     0
                 } else {
                     crate::cpu::fl::ARITH
@@ -3632,33 +3663,48 @@ fn probe_undefined_flags() -> Option<bool> {
         rng ^= rng << 17;
         rng
     };
-    for (form, bits, kind) in probe_forms() {
-        let code = [HEAD, &form, TAIL].concat();
-        // SAFETY: a private anonymous mapping, filled, made executable and unmapped here;
-        // the code it holds saves and restores RBX, touches only [rdi..rdi+40) and returns.
-        let native = unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            if p == libc::MAP_FAILED {
-                return None;
-            }
-            std::ptr::copy_nonoverlapping(code.as_ptr(), p as *mut u8, code.len());
-            if libc::mprotect(p, PAGE_SIZE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
-                libc::munmap(p, PAGE_SIZE);
-                return None;
-            }
-            p
-        };
-        // SAFETY: `native` holds a complete function with the C calling convention.
-        let f: extern "C" fn(*mut u64) = unsafe { std::mem::transmute(native) };
-        let mut m = Machine::bare(&form, Box::new(NoHost));
-        let mut agree = true;
+    // Every form as a function of its own in one executable mapping (64 bytes apart), and
+    // the bare forms 16 bytes apart in one interpreter's code (a machine per form, or a
+    // mapping per form, cost milliseconds at every start of the backend).
+    const SLOT: usize = 64;
+    const BARE: usize = 16;
+    let forms = probe_forms();
+    let len = (forms.len() * SLOT).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let mut funcs = vec![0xccu8; len];
+    let mut bare = vec![0x90u8; forms.len() * BARE];
+    for (i, (form, _, _)) in forms.iter().enumerate() {
+        let code = [HEAD, form, TAIL].concat();
+        debug_assert!(code.len() <= SLOT && form.len() <= BARE);
+        funcs[i * SLOT..i * SLOT + code.len()].copy_from_slice(&code);
+        bare[i * BARE..i * BARE + form.len()].copy_from_slice(form);
+    }
+    // SAFETY: a private anonymous mapping, filled, made executable and unmapped here; each
+    // function it holds saves and restores RBX, touches only [rdi..rdi+40) and returns.
+    let native = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        std::ptr::copy_nonoverlapping(funcs.as_ptr(), p as *mut u8, len);
+        if libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            libc::munmap(p, len);
+            return None;
+        }
+        p as *mut u8
+    };
+    let mut m = Machine::bare(&bare, Box::new(NoHost));
+    let mut agree = true;
+    for (i, (_, bits, kind)) in forms.into_iter().enumerate() {
+        // SAFETY: `native + i * SLOT` holds a complete function with the C calling
+        // convention (written above).
+        let f: extern "C" fn(*mut u64) = unsafe { std::mem::transmute(native.add(i * SLOT)) };
         for _ in 0..64 {
             let mask = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
             let (mut a, mut b, c) = (next(), next(), next() & 0xff);
@@ -3694,7 +3740,7 @@ fn probe_undefined_flags() -> Option<bool> {
             m.cpu.gpr[1] = c;
             m.cpu.gpr[2] = d;
             m.cpu.set_rflags(fin);
-            m.cpu.rip = 0x400000;
+            m.cpu.rip = 0x400000 + (i * BARE) as u64;
             m.icount = 0;
             m.ended = None;
             let _ = m.run(1);
@@ -3711,13 +3757,13 @@ fn probe_undefined_flags() -> Option<bool> {
                 break;
             }
         }
-        // SAFETY: unmaps the page mapped above; nothing refers to it any more.
-        unsafe { libc::munmap(native, PAGE_SIZE) };
         if !agree {
-            return Some(false);
+            break;
         }
     }
-    Some(true)
+    // SAFETY: unmaps the mapping made above; nothing refers to it any more.
+    unsafe { libc::munmap(native.cast(), len) };
+    Some(agree)
 }
 
 /// Native stretches whose lengths may stay unknown at once (see `NativeVm::run`).
