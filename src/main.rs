@@ -737,6 +737,13 @@ fn demo() -> i32 {
 }
 
 fn main() -> Result<()> {
+    // malloc grows its heaps in steps of 64 MiB of address space instead of a few pages.
+    // Each change to the process's mappings interrupts every core that runs one of its
+    // threads, and under `--backend kvm` on a shadow-paging host (PVM) that takes the VM out
+    // of guest mode: the replaying threads would otherwise grow their heaps a page at a time
+    // while the VM runs. Address space that is never touched costs no memory.
+    // SAFETY: sets a parameter of malloc before any thread exists.
+    unsafe { libc::mallopt(libc::M_TOP_PAD, 64 << 20) };
     let cli = Cli::parse();
     if cli.no_jit {
         fx86_engine::set_jit(false);
