@@ -516,6 +516,8 @@ pub struct NativeVm {
     /// such pages were copied again since the last kick.
     kick_copied: std::collections::HashSet<u64>,
     copied_again: u64,
+    /// How long the VM ran in the last stretch (see `Stretch::heavy`).
+    stretch_time: std::time::Duration,
     /// A kick set the trap flag: the next single-step trap in user code ends the stretch.
     kick_pending: bool,
     /// A kick set the trap flag during this stretch (it is not the guest's).
@@ -576,7 +578,18 @@ pub(crate) struct Stretch {
     after: u64,
     /// A timer kick ended it, in this state (otherwise an event did).
     kicked: Option<crate::machine::PauseMatch>,
+    /// It wrote `HEAVY_PAGES` pages or more, or `HEAVY_PAGES_PER_MS` for each millisecond
+    /// it ran: the background settler replays it only while its length is waited for (see
+    /// `Jobs::take`).
+    heavy: bool,
 }
+
+/// See `Stretch::heavy`. Replaying a stretch that wrote much memory takes as many fresh
+/// pages for the replay's copies and as much memory traffic; beside the VM, on a host whose
+/// cores share memory bandwidth (or are themselves shared), that slowed the VM several times
+/// over (`benches/run.sh`: heap, which fills 1 GiB, 2 MiB per stretch, then rewrites it).
+const HEAVY_PAGES: usize = 16 * 1024;
+const HEAVY_PAGES_PER_MS: usize = 64;
 
 /// What replaying a stretch found.
 struct Replayed {
@@ -725,12 +738,20 @@ impl Settler {
 
     /// The result for the oldest stretch not collected yet (waits for it), with the stretch.
     fn next(&mut self) -> (SettleResult, Option<Box<Stretch>>) {
+        let r = self.next_inner();
+        Jobs::set_urgent(&self.queue, false);
+        r
+    }
+
+    fn next_inner(&mut self) -> (SettleResult, Option<Box<Stretch>>) {
         let want = self.next_seq;
         self.next_seq += 1;
         loop {
             if let Some((r, s)) = self.early.remove(&want) {
                 return (r, Some(s));
             }
+            // (Workers take heavy stretches too while this thread waits.)
+            Jobs::set_urgent(&self.queue, true);
             // Help: replay a stretch no worker has taken yet.
             let job = {
                 let mut q = self.queue.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -757,20 +778,35 @@ impl Settler {
 struct Jobs {
     pending: std::collections::VecDeque<(u64, Box<Stretch>)>,
     closed: bool,
+    /// The collecting thread waits for a length (the VM is not running).
+    urgent: bool,
 }
 
 impl Jobs {
-    /// The next stretch to replay, or None once closed.
+    /// The next stretch to replay, or None once closed: the oldest, but heavy stretches
+    /// (see `Stretch::heavy`) only while a length is waited for.
     fn take(q: &(std::sync::Mutex<Jobs>, std::sync::Condvar)) -> Option<(u64, Box<Stretch>)> {
         let mut j = q.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if j.closed {
                 return None;
             }
-            if let Some(x) = j.pending.pop_front() {
-                return Some(x);
+            let urgent = j.urgent;
+            if let Some(i) = j.pending.iter().position(|(_, s)| urgent || !s.heavy) {
+                return j.pending.remove(i);
             }
             j = q.1.wait(j).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Marks whether the collecting thread waits (see `take`).
+    fn set_urgent(q: &(std::sync::Mutex<Jobs>, std::sync::Condvar), urgent: bool) {
+        let mut j = q.0.lock().unwrap_or_else(|e| e.into_inner());
+        if j.urgent != urgent {
+            j.urgent = urgent;
+            if urgent {
+                q.1.notify_all();
+            }
         }
     }
 }
@@ -1222,6 +1258,7 @@ impl NativeVm {
             emu_gap: std::time::Duration::ZERO,
             burst_cost: BTreeMap::new(),
             kick_copied: Default::default(),
+            stretch_time: std::time::Duration::ZERO,
             copied_again: 0,
             kick_pending: false,
             tf_by_kick: false,
@@ -2285,7 +2322,9 @@ impl NativeVm {
     }
 
     fn enter(&mut self, m: &mut Machine) -> Result<Event, String> {
+        let t0 = std::time::Instant::now();
         let ev = self.enter_inner(m);
+        self.stretch_time = t0.elapsed();
         // (Whatever ended the stretch, the patch after a write to a guarded page goes.)
         if let Some((va, f, b)) = self.step_over.take() {
             self.frame_mut(f)[(va & 0xfff) as usize] = b;
@@ -3036,6 +3075,9 @@ impl NativeVm {
                 trap_sites,
                 after: 0,
                 kicked,
+                heavy: self.copied.len() >= HEAVY_PAGES
+                    || self.copied.len() as u128 * 1000
+                        >= HEAVY_PAGES_PER_MS as u128 * self.stretch_time.as_micros(),
             };
             match &mut m.unsettled {
                 Some(u) => u.open = Some((stretch, took_over)),
@@ -4478,6 +4520,37 @@ mod tests {
             assert_eq!(m.interpret(50), StopReason::Limit);
             assert_eq!(m.site_visits, Some((site, passes)), "site {site:#x}");
         }
+    }
+
+    #[test]
+    fn heavy_stretches_are_replayed_in_the_background_only_while_waited_for() {
+        let mut m = Machine::bare(&[0x90], Box::new(NoHost));
+        let mut stretch = |heavy| {
+            Box::new(Stretch {
+                start: m.snapshot(),
+                interp_pages: Default::default(),
+                trap_sites: Default::default(),
+                after: 0,
+                kicked: None,
+                heavy,
+            })
+        };
+        let q: Arc<(std::sync::Mutex<Jobs>, std::sync::Condvar)> = Default::default();
+        q.0.lock()
+            .unwrap()
+            .pending
+            .extend([(0, stretch(true)), (1, stretch(false))]);
+        // A worker passes over the heavy stretch for the light one after it...
+        assert_eq!(Jobs::take(&q).map(|(seq, _)| seq), Some(1));
+        // ... and then waits, until the collecting thread waits for a length.
+        let worker = {
+            let q = q.clone();
+            std::thread::spawn(move || Jobs::take(&q).map(|(seq, _)| seq))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!worker.is_finished());
+        Jobs::set_urgent(&q, true);
+        assert_eq!(worker.join().unwrap(), Some(0));
     }
 
     #[test]
