@@ -578,8 +578,8 @@ pub(crate) struct Stretch {
     after: u64,
     /// A timer kick ended it, in this state (otherwise an event did).
     kicked: Option<crate::machine::PauseMatch>,
-    /// It wrote `HEAVY_PAGES` pages or more, or `HEAVY_PAGES_PER_MS` for each millisecond
-    /// it ran: the background settler replays it only while its length is waited for (see
+    /// It wrote `HEAVY_PAGES` pages or more, or at least `HEAVY_MIN_PAGES` and
+    /// `HEAVY_PAGES_PER_MS` for each millisecond it ran: the background settler replays it only while its length is waited for (see
     /// `Jobs::take`).
     heavy: bool,
 }
@@ -590,6 +590,8 @@ pub(crate) struct Stretch {
 /// over (`benches/run.sh`: heap, which fills 1 GiB, 2 MiB per stretch, then rewrites it).
 const HEAVY_PAGES: usize = 16 * 1024;
 const HEAVY_PAGES_PER_MS: usize = 64;
+/// (Short stretches that write a few pages, as between frequent syscalls, are not heavy.)
+const HEAVY_MIN_PAGES: usize = 512;
 
 /// What replaying a stretch found.
 struct Replayed {
@@ -1244,7 +1246,14 @@ impl NativeVm {
             cross_check: false,
             // (Probed on a thread of its own while the VM is built and the guest loaded: it
             // takes milliseconds, and is first needed when code is first classified.)
-            host_flags: HostFlags::Probing(std::thread::spawn(host_flags_match_model)),
+            // (Probed here instead if no thread can be started.)
+            host_flags: std::thread::Builder::new()
+                .name("fx86-probe".into())
+                .spawn(host_flags_match_model)
+                .map_or_else(
+                    |_| HostFlags::Known(host_flags_match_model()),
+                    HostFlags::Probing,
+                ),
             stop: None,
             interrupted: false,
             kicker: None,
@@ -2954,16 +2963,13 @@ impl NativeVm {
     /// undefined exactly as the model does (`host_flags_match_model`); if not, instructions
     /// whose undefined flags could be observed are interpreted.
     pub fn host_flags_match(&mut self) -> bool {
-        if let HostFlags::Probing(_) = self.host_flags {
-            let HostFlags::Probing(probe) =
-                std::mem::replace(&mut self.host_flags, HostFlags::Known(false))
-            else {
-                unreachable!()
-            };
+        let known = match std::mem::replace(&mut self.host_flags, HostFlags::Known(false)) {
             // (A probe that panicked counts as a disagreement.)
-            self.host_flags = HostFlags::Known(probe.join().unwrap_or(false));
-        }
-        matches!(self.host_flags, HostFlags::Known(true))
+            HostFlags::Probing(probe) => probe.join().unwrap_or(false),
+            HostFlags::Known(k) => k,
+        };
+        self.host_flags = HostFlags::Known(known);
+        known
     }
 
     /// Treats this CPU as one whose undefined flags differ from the model's (for tests and
@@ -3076,8 +3082,9 @@ impl NativeVm {
                 after: 0,
                 kicked,
                 heavy: self.copied.len() >= HEAVY_PAGES
-                    || self.copied.len() as u128 * 1000
-                        >= HEAVY_PAGES_PER_MS as u128 * self.stretch_time.as_micros(),
+                    || (self.copied.len() >= HEAVY_MIN_PAGES
+                        && self.copied.len() as u128 * 1000
+                            >= HEAVY_PAGES_PER_MS as u128 * self.stretch_time.as_micros()),
             };
             match &mut m.unsettled {
                 Some(u) => u.open = Some((stretch, took_over)),
